@@ -1,0 +1,520 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
+"""Native core of connscan.engine: table validation, nogil lookups, address text parser.
+
+Same functions as the pure-Python twin ``connscan._engine_py``; the table layout is
+described in ``connscan.engine``. Every index read from a table is checked in ``Tables``
+before any lookup trusts it, so a corrupt saved engine raises ValueError, never crashes.
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memchr
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #define CONNSCAN_PREFETCH(p) __builtin_prefetch((p), 0, 0)
+    """
+    void CONNSCAN_PREFETCH(const void* p) noexcept nogil
+
+# Lookups ahead whose first-level entry is prefetched: random reads overlap their misses.
+cdef enum:
+    PREFETCH_DISTANCE = 32
+
+cdef uint32_t SEGMENT_FLAG = 0x80000000u
+cdef uint64_t LOW32 = 0xFFFFFFFFu
+cdef uint64_t MAPPED_PREFIX = 0xFFFFu    # ::ffff:0:0/96 is IPv4
+
+
+ctypedef struct V4Table:
+    const uint32_t* starts   # sorted interval starts, starts[0] == 0
+    const uint32_t* value    # value id per interval
+    const uint32_t* l1       # top-bits level: value id, or SEGMENT_FLAG | segment
+    const uint32_t* seg      # per segment: first interval, interval count
+    uint32_t shift           # 32 - first-level bits
+
+ctypedef struct V6Table:
+    const uint64_t* keys     # interleaved (hi, lo) interval starts, keys[0..1] == 0
+    const uint32_t* value    # value id per interval
+    const uint32_t* index    # interval containing each top-bits block start, + sentinel
+    uint32_t shift           # 64 - index bits
+
+
+cdef inline uint32_t v4_find(const V4Table* t, uint32_t addr) noexcept nogil:
+    cdef uint32_t entry = t.l1[addr >> t.shift]
+    cdef uint32_t base, count, half
+    if entry & SEGMENT_FLAG:
+        # Mixed block: branch-free search for the last start <= addr among its intervals.
+        entry &= ~SEGMENT_FLAG
+        base = t.seg[2 * entry]
+        count = t.seg[2 * entry + 1]
+        while count > 1:
+            half = count >> 1
+            base = base + half if t.starts[base + half] <= addr else base
+            count -= half
+        return t.value[base]
+    return entry
+
+
+cdef inline uint32_t v6_find(const V6Table* t, uint64_t hi, uint64_t lo) noexcept nogil:
+    cdef uint64_t top = hi >> t.shift
+    cdef uint32_t base = t.index[top]
+    cdef uint32_t count = t.index[top + 1] - base + 1
+    cdef uint32_t half
+    cdef const uint64_t* key
+    while count > 1:
+        half = count >> 1
+        key = t.keys + 2 * <size_t>(base + half)
+        base = base + half if (key[0] < hi) | ((key[0] == hi) & (key[1] <= lo)) else base
+        count -= half
+    return t.value[base]
+
+
+cdef class Tables:
+    """Validated engine tables; the constructor raises ValueError naming the bad table."""
+
+    cdef V4Table v4
+    cdef V6Table v6
+    cdef const uint64_t* values
+    cdef readonly object arrays   # keeps every buffer alive
+    cdef const uint32_t[::1] m4_starts
+    cdef const int64_t[::1] m4_offsets
+    cdef const int32_t[::1] m4_sigs
+    cdef const uint64_t[:, ::1] m6_keys
+    cdef const int64_t[::1] m6_offsets
+    cdef const int32_t[::1] m6_sigs
+
+    def __init__(self, dict arrays, Py_ssize_t n_signatures):
+        cdef const uint64_t[::1] values = _array(arrays, "values", np.uint64)
+        cdef const uint32_t[::1] v4_starts = _array(arrays, "v4_starts", np.uint32)
+        cdef const uint32_t[::1] v4_value = _array(arrays, "v4_value", np.uint32)
+        cdef const uint32_t[::1] v4_l1 = _array(arrays, "v4_l1", np.uint32)
+        cdef const uint32_t[:, ::1] v4_seg = _array(arrays, "v4_seg", np.uint32, 2)
+        cdef const uint64_t[:, ::1] v6_keys = _array(arrays, "v6_keys", np.uint64, 2)
+        cdef const uint32_t[::1] v6_value = _array(arrays, "v6_value", np.uint32)
+        cdef const uint32_t[::1] v6_index = _array(arrays, "v6_index", np.uint32)
+        self.m4_starts = _array(arrays, "m4_starts", np.uint32)
+        self.m4_offsets = _array(arrays, "m4_offsets", np.int64)
+        self.m4_sigs = _array(arrays, "m4_sigs", np.int32)
+        self.m6_keys = _array(arrays, "m6_keys", np.uint64, 2)
+        self.m6_offsets = _array(arrays, "m6_offsets", np.int64)
+        self.m6_sigs = _array(arrays, "m6_sigs", np.int32)
+        self.arrays = dict(arrays)
+
+        cdef Py_ssize_t nv = values.shape[0], n4 = v4_starts.shape[0], n6 = v6_keys.shape[0]
+        cdef Py_ssize_t nseg = v4_seg.shape[0], i
+        cdef int v4_bits = _log2(v4_l1.shape[0]), v6_bits = _log2(v6_index.shape[0] - 1)
+        cdef const char* problem = NULL
+        if nv == 0 or n4 == 0 or n6 == 0:
+            raise ValueError("empty value or interval table")
+        if v4_value.shape[0] != n4 or v6_value.shape[0] != n6:
+            raise ValueError("interval and value tables differ in length")
+        if v4_bits < 1 or v4_bits > 24:
+            raise ValueError("table v4_l1 has a bad length")
+        if v6_bits < 1 or v6_bits > 24:
+            raise ValueError("table v6_index has a bad length")
+
+        with nogil:
+            for i in range(nv):
+                if <int32_t>(<uint32_t>values[i]) < -1 or <int32_t>(<uint32_t>values[i]) >= n_signatures:
+                    problem = "table values holds a signature index out of range"
+                    break
+            if problem == NULL:
+                problem = _check_v4(&v4_starts[0], &v4_value[0], n4, &v4_l1[0], v4_l1.shape[0],
+                                    &v4_seg[0, 0] if nseg else NULL, nseg, nv)
+            if problem == NULL:
+                problem = _check_v6(&v6_keys[0, 0], &v6_value[0], n6, &v6_index[0],
+                                    v6_index.shape[0], nv)
+        if problem != NULL:
+            raise ValueError(problem.decode())
+        _check_matches(self.m4_starts, None, self.m4_offsets, self.m4_sigs, n_signatures, "m4")
+        _check_matches(None, self.m6_keys, self.m6_offsets, self.m6_sigs, n_signatures, "m6")
+
+        self.values = &values[0]
+        self.v4.starts = &v4_starts[0]
+        self.v4.value = &v4_value[0]
+        self.v4.l1 = &v4_l1[0]
+        self.v4.seg = &v4_seg[0, 0] if nseg else NULL
+        self.v4.shift = 32 - v4_bits
+        self.v6.keys = &v6_keys[0, 0]
+        self.v6.value = &v6_value[0]
+        self.v6.index = &v6_index[0]
+        self.v6.shift = 64 - v6_bits
+
+
+def _array(dict arrays, str name, dtype, int ndim=1):
+    array = arrays.get(name)
+    if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != ndim:
+        raise ValueError(f"table {name} must be a {ndim}-d {np.dtype(dtype).name} array")
+    if ndim == 2 and array.shape[1] != 2:
+        raise ValueError(f"table {name} must have 2 columns")
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return array
+
+
+cdef int _log2(Py_ssize_t n) noexcept:
+    """log2(n) for a power of two n >= 2, else -1."""
+    cdef int bits = 0
+    if n < 2 or (n & (n - 1)):
+        return -1
+    while (<Py_ssize_t>1 << bits) < n:
+        bits += 1
+    return bits
+
+
+cdef const char* _check_v4(const uint32_t* starts, const uint32_t* value, Py_ssize_t n,
+                           const uint32_t* l1, Py_ssize_t nl1, const uint32_t* seg,
+                           Py_ssize_t nseg, Py_ssize_t nv) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef uint32_t entry
+    if starts[0] != 0:
+        return "table v4_starts does not start at 0"
+    for i in range(n):
+        if i and starts[i] <= starts[i - 1]:
+            return "table v4_starts is not strictly increasing"
+        if value[i] >= nv:
+            return "table v4_value holds a value id out of range"
+    for i in range(nseg):
+        if seg[2 * i + 1] < 1 or <uint64_t>seg[2 * i] + seg[2 * i + 1] > <uint64_t>n:
+            return "table v4_seg holds a segment out of bounds"
+    for i in range(nl1):
+        entry = l1[i]
+        if entry & SEGMENT_FLAG:
+            if (entry & ~SEGMENT_FLAG) >= nseg:
+                return "table v4_l1 holds an entry out of range"
+        elif entry >= nv:
+            return "table v4_l1 holds an entry out of range"
+    return NULL
+
+
+cdef const char* _check_v6(const uint64_t* keys, const uint32_t* value, Py_ssize_t n,
+                           const uint32_t* index, Py_ssize_t nindex, Py_ssize_t nv) noexcept nogil:
+    cdef Py_ssize_t i
+    if keys[0] != 0 or keys[1] != 0:
+        return "table v6_keys does not start at 0"
+    for i in range(n):
+        if i and (keys[2 * i] < keys[2 * i - 2]
+                  or (keys[2 * i] == keys[2 * i - 2] and keys[2 * i + 1] <= keys[2 * i - 1])):
+            return "table v6_keys is not strictly increasing"
+        if value[i] >= nv:
+            return "table v6_value holds a value id out of range"
+    for i in range(nindex):
+        if index[i] >= n or (i and index[i] < index[i - 1]):
+            return "table v6_index holds an entry out of range"
+    return NULL
+
+
+cdef _check_matches(const uint32_t[::1] starts4, const uint64_t[:, ::1] keys6,
+                    const int64_t[::1] offsets, const int32_t[::1] sigs,
+                    Py_ssize_t n_signatures, str name):
+    cdef Py_ssize_t n = starts4.shape[0] if keys6 is None else keys6.shape[0]
+    cdef Py_ssize_t i, nsigs = sigs.shape[0]
+    cdef bint ok = n >= 1 and offsets.shape[0] == n + 1
+    if ok:
+        with nogil:
+            if keys6 is None:
+                ok = starts4[0] == 0
+                for i in range(1, n):
+                    ok = ok and starts4[i] > starts4[i - 1]
+            else:
+                ok = keys6[0, 0] == 0 and keys6[0, 1] == 0
+                for i in range(1, n):
+                    ok = ok and (keys6[i, 0] > keys6[i - 1, 0] or (
+                        keys6[i, 0] == keys6[i - 1, 0] and keys6[i, 1] > keys6[i - 1, 1]))
+            ok = ok and offsets[0] == 0 and offsets[n] == nsigs
+            for i in range(n):
+                ok = ok and offsets[i + 1] >= offsets[i]
+            for i in range(nsigs):
+                ok = ok and 0 <= sigs[i] < n_signatures
+    if not ok:
+        raise ValueError(f"table {name} (signature partition) is inconsistent")
+
+
+# ----------------------------------------------------------------------------- lookups
+
+
+cdef inline void _store(uint64_t value, int32_t* sig, uint16_t* cc) noexcept nogil:
+    sig[0] = <int32_t>(<uint32_t>value)
+    cc[0] = <uint16_t>(value >> 32)
+
+
+cdef inline uint32_t _v6_or_mapped(const V4Table* v4, const V6Table* v6,
+                                   uint64_t hi, uint64_t lo) noexcept nogil:
+    if hi == 0 and (lo >> 32) == MAPPED_PREFIX:
+        return v4_find(v4, <uint32_t>(lo & LOW32))
+    return v6_find(v6, hi, lo)
+
+
+def lookup_ipv4(Tables t, const uint32_t[::1] addrs, int32_t[::1] out_sig, uint16_t[::1] out_cc):
+    """Most specific signature (-1 none) and country code (the S2 bytes as uint16)."""
+    cdef Py_ssize_t i, n = addrs.shape[0]
+    _check_out(n, out_sig, out_cc)
+    cdef const V4Table* v4 = &t.v4
+    cdef const uint64_t* values = t.values
+    with nogil:
+        for i in range(n):
+            if i + PREFETCH_DISTANCE < n:
+                CONNSCAN_PREFETCH(&v4.l1[addrs[i + PREFETCH_DISTANCE] >> v4.shift])
+            _store(values[v4_find(v4, addrs[i])], &out_sig[i], &out_cc[i])
+
+
+def lookup_ipv6(Tables t, const uint64_t[::1] hi, const uint64_t[::1] lo,
+                int32_t[::1] out_sig, uint16_t[::1] out_cc):
+    cdef Py_ssize_t i, n = hi.shape[0]
+    if lo.shape[0] != n:
+        raise ValueError("hi and lo differ in length")
+    _check_out(n, out_sig, out_cc)
+    cdef const V4Table* t4 = &t.v4
+    cdef const V6Table* t6 = &t.v6
+    cdef const uint64_t* values = t.values
+    with nogil:
+        for i in range(n):
+            if i + PREFETCH_DISTANCE < n:
+                CONNSCAN_PREFETCH(&t6.index[hi[i + PREFETCH_DISTANCE] >> t6.shift])
+            _store(values[_v6_or_mapped(t4, t6, hi[i], lo[i])], &out_sig[i], &out_cc[i])
+
+
+def lookup_parsed(Tables t, const uint8_t[::1] kind, const uint32_t[::1] v4,
+                  const uint64_t[::1] hi, const uint64_t[::1] lo,
+                  int32_t[::1] out_sig, uint16_t[::1] out_cc):
+    cdef Py_ssize_t i, n = kind.shape[0]
+    if v4.shape[0] != n or hi.shape[0] != n or lo.shape[0] != n:
+        raise ValueError("parsed address arrays differ in length")
+    _check_out(n, out_sig, out_cc)
+    cdef const V4Table* t4 = &t.v4
+    cdef const V6Table* t6 = &t.v6
+    cdef const uint64_t* values = t.values
+    with nogil:
+        for i in range(n):
+            if i + PREFETCH_DISTANCE < n and kind[i + PREFETCH_DISTANCE] == 4:
+                CONNSCAN_PREFETCH(&t4.l1[v4[i + PREFETCH_DISTANCE] >> t4.shift])
+            if kind[i] == 4:
+                _store(values[v4_find(t4, v4[i])], &out_sig[i], &out_cc[i])
+            elif kind[i] == 6:
+                _store(values[_v6_or_mapped(t4, t6, hi[i], lo[i])], &out_sig[i], &out_cc[i])
+            else:
+                out_sig[i] = -1
+                out_cc[i] = 0
+
+
+cdef _check_out(Py_ssize_t n, int32_t[::1] out_sig, uint16_t[::1] out_cc):
+    if out_sig.shape[0] != n or out_cc.shape[0] != n:
+        raise ValueError("output arrays do not match the input length")
+
+
+def matches_v4(Tables t, uint32_t addr):
+    """Every signature containing ``addr``, most specific first."""
+    cdef Py_ssize_t low = 0, high = t.m4_starts.shape[0], mid
+    while high - low > 1:   # invariant: m4_starts[low] <= addr < m4_starts[high]
+        mid = (low + high) >> 1
+        if t.m4_starts[mid] <= addr:
+            low = mid
+        else:
+            high = mid
+    return [t.m4_sigs[i] for i in range(t.m4_offsets[low], t.m4_offsets[low + 1])]
+
+
+def matches_v6(Tables t, uint64_t hi, uint64_t lo):
+    if hi == 0 and (lo >> 32) == MAPPED_PREFIX:
+        return matches_v4(t, <uint32_t>(lo & LOW32))
+    cdef Py_ssize_t low = 0, high = t.m6_keys.shape[0], mid
+    while high - low > 1:
+        mid = (low + high) >> 1
+        if t.m6_keys[mid, 0] < hi or (t.m6_keys[mid, 0] == hi and t.m6_keys[mid, 1] <= lo):
+            low = mid
+        else:
+            high = mid
+    return [t.m6_sigs[i] for i in range(t.m6_offsets[low], t.m6_offsets[low + 1])]
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+cdef inline int _hex(uint8_t c) noexcept nogil:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef bint _parse_ipv4(const uint8_t* s, Py_ssize_t n, uint32_t* out) noexcept nogil:
+    """Strict dotted quad: four decimal parts 0..255, no leading zeros, nothing else."""
+    cdef uint32_t result = 0, part = 0
+    cdef int dots = 0, digits = 0
+    cdef Py_ssize_t i
+    cdef uint8_t c
+    if n < 7 or n > 15:
+        return False
+    for i in range(n):
+        c = s[i]
+        if c == 46:  # '.'
+            if digits == 0 or dots == 3:
+                return False
+            result = result << 8 | part
+            dots += 1
+            part = 0
+            digits = 0
+        elif 48 <= c <= 57:
+            if digits == 1 and part == 0:
+                return False  # leading zero
+            part = part * 10 + (c - 48)
+            digits += 1
+            if part > 255:
+                return False
+        else:
+            return False
+    if digits == 0 or dots != 3:
+        return False
+    out[0] = result << 8 | part
+    return True
+
+
+cdef bint _parse_ipv6(const uint8_t* s, Py_ssize_t n, uint64_t* hi, uint64_t* lo) noexcept nogil:
+    """RFC 4291 text: 8 hex groups, one '::' standing for at least one group, IPv4 tail."""
+    cdef uint16_t groups[8]
+    cdef int count = 0, skip = -1, d, k
+    cdef Py_ssize_t i = 0, start
+    cdef uint32_t value, tail
+    if n < 2:
+        return False
+    if s[0] == 58:  # ':' must open '::'
+        if s[1] != 58:
+            return False
+        skip = 0
+        i = 2
+    while i < n:
+        start = i
+        value = 0
+        while i < n:
+            d = _hex(s[i])
+            if d < 0:
+                break
+            value = value << 4 | <uint32_t>d
+            i += 1
+            if i - start > 4:
+                return False
+        if i < n and s[i] == 46:  # '.': the rest is an IPv4 tail (two groups)
+            if count > 6 or not _parse_ipv4(s + start, n - start, &tail):
+                return False
+            groups[count] = <uint16_t>(tail >> 16)
+            groups[count + 1] = <uint16_t>tail
+            count += 2
+            break
+        if i == start or count == 8:
+            return False
+        groups[count] = <uint16_t>value
+        count += 1
+        if i == n:
+            break
+        if s[i] != 58:
+            return False
+        i += 1
+        if i == n:
+            return False  # a single trailing ':'
+        if s[i] == 58:
+            if skip >= 0:
+                return False
+            skip = count
+            i += 1
+    if (skip < 0 and count != 8) or (skip >= 0 and count > 7):
+        return False
+    hi[0] = 0
+    lo[0] = 0
+    cdef uint64_t g
+    for k in range(8):
+        if skip < 0 or k < skip:
+            g = groups[k]
+        elif k < skip + 8 - count:
+            g = 0
+        else:
+            g = groups[k - (8 - count)]
+        if k < 4:
+            hi[0] = hi[0] << 16 | g
+        else:
+            lo[0] = lo[0] << 16 | g
+    return True
+
+
+cdef int _parse_address(const uint8_t* s, Py_ssize_t n, uint32_t* v4,
+                        uint64_t* hi, uint64_t* lo) noexcept nogil:
+    """Kind (0 invalid, 4, 6) of one address text; ``::ffff:a.b.c.d`` gives 4."""
+    cdef const uint8_t* zone
+    v4[0] = 0
+    hi[0] = 0
+    lo[0] = 0
+    if n == 0:
+        return 0
+    if s[0] == 91:  # '[': URL style brackets hold IPv6 text only
+        if n < 2 or s[n - 1] != 93:
+            return 0
+        s += 1
+        n -= 2
+    elif _parse_ipv4(s, n, v4):  # the common case first; it stops at the first ':'
+        return 4
+    elif memchr(s, 58, n) == NULL:
+        return 0
+    zone = <const uint8_t*>memchr(s, 37, n)  # '%zone': non-empty, no second '%'
+    if zone != NULL:
+        if zone + 1 == s + n or memchr(zone + 1, 37, s + n - zone - 1) != NULL:
+            return 0
+        n = zone - s
+    if not _parse_ipv6(s, n, hi, lo):
+        hi[0] = 0
+        lo[0] = 0
+        return 0
+    if hi[0] == 0 and (lo[0] >> 32) == MAPPED_PREFIX:
+        v4[0] = <uint32_t>(lo[0] & LOW32)
+        hi[0] = 0
+        lo[0] = 0
+        return 4
+    return 6
+
+
+ctypedef fused offset_t:
+    int32_t
+    int64_t
+
+
+def parse_text(const offset_t[::1] offsets, const uint8_t[::1] data, validity, Py_ssize_t bit_offset,
+               uint8_t[::1] kind, uint32_t[::1] v4, uint64_t[::1] hi, uint64_t[::1] lo):
+    """Parse Arrow string buffers (offsets n+1, data bytes, validity bitmap or None).
+
+    Offsets are checked against the data buffer before any byte is read (ValueError).
+    """
+    cdef Py_ssize_t n = offsets.shape[0] - 1, i, bit, bad = -1
+    cdef Py_ssize_t data_len = data.shape[0]
+    cdef int64_t start, end
+    cdef uint8_t nothing = 0
+    cdef const uint8_t* bytes_ = &data[0] if data_len else &nothing
+    cdef const uint8_t[::1] bitmap
+    cdef const uint8_t* valid = NULL
+    if n < 0 or kind.shape[0] != n or v4.shape[0] != n or hi.shape[0] != n or lo.shape[0] != n:
+        raise ValueError("parse output arrays do not match the offsets")
+    if validity is not None:
+        bitmap = validity
+        if bit_offset < 0 or (bit_offset + n + 7) // 8 > bitmap.shape[0]:
+            raise ValueError("validity bitmap too short")
+        if bitmap.shape[0]:
+            valid = &bitmap[0]
+    with nogil:
+        for i in range(n):
+            if valid != NULL:
+                bit = bit_offset + i
+                if not (valid[bit >> 3] >> (bit & 7)) & 1:
+                    kind[i] = 0
+                    v4[i] = 0
+                    hi[i] = 0
+                    lo[i] = 0
+                    continue
+            start = offsets[i]
+            end = offsets[i + 1]
+            if start < 0 or end < start or end > data_len:
+                bad = i
+                break
+            kind[i] = <uint8_t>_parse_address(bytes_ + start, end - start, &v4[i], &hi[i], &lo[i])
+    if bad >= 0:
+        raise ValueError(f"string {bad}: offsets {offsets[bad]}..{offsets[bad + 1]} outside the "
+                         f"data buffer ({data_len} bytes)")

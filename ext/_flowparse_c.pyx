@@ -1,0 +1,361 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
+"""Native field extractor for delimited flow text (nfdump CSV, Zeek TSV, AWS flow logs).
+
+``split_fields(block, delimiter, ncols, wanted, comment)`` reads a block of whole lines
+(no quoting) and returns only the wanted columns, as the offsets and bytes of Arrow string
+arrays, plus a status per non-blank line. Every field boundary is found by scanning the
+block itself, so no offset can point outside it; the hot loop runs without the GIL.
+
+Line status: 0 ok, 1 comment (starts with ``comment``), 2 wrong number of fields,
+3 a wanted field holds a byte outside printable ASCII (addresses, ports, protocols and
+times are ASCII in every format read here), 4 a port field that is not a port (``bad_slot``
+says which wanted column).
+
+Column kinds (``kinds[j]``): 0 text (Arrow string offsets + bytes); 1 port (int32, -1 for
+"" and "-"; anything else that is not 0..65535 makes the line status 4); 2 wall-clock time
+"YYYY-MM-DD HH:MM:SS[.fraction]" (int64 microseconds since 1970 as if UTC, plus a validity
+mask: an impossible date is null, not an error); 3 epoch seconds "123[.456]" and 4 epoch
+milliseconds "123" (int64 microseconds + validity; masked values like "XXXXXXXXXX.XXXXXX"
+are null).
+"""
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
+from libc.string cimport memchr, memcpy
+
+cnp.import_array()
+
+cdef enum:
+    OK = 0
+    COMMENT = 1
+    BAD_COUNT = 2
+    BAD_BYTES = 3
+    BAD_VALUE = 4
+
+cdef enum:
+    ZERO = 48      # '0'
+    NINE = 57      # '9'
+    SPACE = 32
+    DASH = 45
+    DOT = 46
+    COLON = 58
+    LETTER_T = 84
+
+cdef enum:
+    TEXT = 0
+    PORT = 1
+    WALLCLOCK = 2
+    EPOCH_S = 3
+    EPOCH_MS = 4
+
+
+cdef inline int32_t _port(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """0..65535, -1 for unset ("" or "-"), -2 for anything else."""
+    cdef Py_ssize_t i
+    cdef int32_t value = 0
+    while n > 0 and p[0] == SPACE:
+        p += 1
+        n -= 1
+    while n > 0 and p[n - 1] == SPACE:
+        n -= 1
+    if n == 0 or (n == 1 and p[0] == DASH):
+        return -1
+    if n > 5:
+        return -2
+    for i in range(n):
+        if p[i] < ZERO or p[i] > NINE:
+            return -2
+        value = value * 10 + (p[i] - ZERO)
+    return value if value <= 65535 else -2
+
+
+cdef inline bint _digits(const uint8_t* p, Py_ssize_t n, int64_t* out) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int64_t value = 0
+    if n <= 0:
+        return False
+    for i in range(n):
+        if p[i] < ZERO or p[i] > NINE:
+            return False
+        value = value * 10 + (p[i] - ZERO)
+    out[0] = value
+    return True
+
+
+cdef inline bint _fraction_micros(const uint8_t* p, Py_ssize_t n, int64_t* out) noexcept nogil:
+    """Digits after the decimal point -> microseconds (first 6 digits, the rest dropped)."""
+    cdef Py_ssize_t i
+    cdef int64_t value = 0
+    if n > 9:
+        return False
+    for i in range(n):
+        if p[i] < ZERO or p[i] > NINE:
+            return False
+        if i < 6:
+            value = value * 10 + (p[i] - ZERO)
+    for i in range(n, 6):
+        value *= 10
+    out[0] = value
+    return True
+
+
+cdef inline int64_t _days_from_civil(int64_t y, int64_t m, int64_t d) noexcept nogil:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    y -= m <= 2
+    cdef int64_t era = (y if y >= 0 else y - 399) // 400
+    cdef int64_t yoe = y - era * 400
+    cdef int64_t doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef int64_t doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef inline bint _wallclock(const uint8_t* p, Py_ssize_t n, int64_t* out) noexcept nogil:
+    cdef int64_t y, mo, d, h, mi, sec, frac = 0, dim
+    if n < 19 or p[4] != DASH or p[7] != DASH or (p[10] != SPACE and p[10] != LETTER_T) or p[13] != COLON or p[16] != COLON:
+        return False
+    if not (_digits(p, 4, &y) and _digits(p + 5, 2, &mo) and _digits(p + 8, 2, &d)
+            and _digits(p + 11, 2, &h) and _digits(p + 14, 2, &mi) and _digits(p + 17, 2, &sec)):
+        return False
+    if n > 19:
+        if p[19] != DOT or not _fraction_micros(p + 20, n - 20, &frac):
+            return False
+    if mo < 1 or mo > 12 or d < 1 or h > 23 or mi > 59 or sec > 59:
+        return False
+    dim = 31
+    if mo == 4 or mo == 6 or mo == 9 or mo == 11:
+        dim = 30
+    elif mo == 2:
+        dim = 29 if (y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)) else 28
+    if d > dim:
+        return False
+    out[0] = ((_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec) * 1000000) + frac
+    return True
+
+
+cdef inline bint _epoch(const uint8_t* p, Py_ssize_t n, int kind, int64_t* out) noexcept nogil:
+    cdef Py_ssize_t dot = 0
+    cdef int64_t whole, frac = 0
+    while dot < n and p[dot] != DOT:
+        dot += 1
+    if kind == EPOCH_MS:
+        if dot != n or n > 15 or not _digits(p, n, &whole):
+            return False
+        out[0] = whole * 1000
+        return True
+    if dot > 12 or not _digits(p, dot, &whole):
+        return False
+    if dot < n and not _fraction_micros(p + dot + 1, n - dot - 1, &frac):
+        return False
+    out[0] = whole * 1000000 + frac
+    return True
+
+
+cdef inline bint _printable(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] < 0x20 or p[i] > 0x7e:
+            return False
+    return True
+
+
+cdef Py_ssize_t _scan(const uint8_t* buf, Py_ssize_t size, uint8_t delimiter, int ncols,
+                      const int32_t* slot_of, int nslots, int comment,
+                      uint8_t* status, int64_t* line_start, int64_t* line_end, int32_t* nfields,
+                      int64_t* field_start, int32_t* field_len, Py_ssize_t capacity) noexcept nogil:
+    """One pass over the lines; returns the number of non-blank lines recorded."""
+    cdef Py_ssize_t pos = 0, end, n = 0, cur, fstart, i, j, rest
+    cdef int last_wanted = 0
+    cdef const uint8_t* nl
+    cdef int column, slot, s
+    cdef uint8_t state
+    cdef bint ended
+    for column in range(ncols):
+        if slot_of[column] >= 0:
+            last_wanted = column
+    while pos < size and n < capacity:
+        nl = <const uint8_t*>memchr(buf + pos, b'\n', size - pos)
+        end = size if nl == NULL else (nl - buf)
+        cur = end
+        if cur > pos and buf[cur - 1] == b'\r':
+            cur -= 1
+        if cur == pos:  # blank line: not a record
+            pos = end + 1
+            continue
+        line_start[n] = pos
+        line_end[n] = cur
+        if comment >= 0 and buf[pos] == comment:
+            status[n] = COMMENT
+            nfields[n] = 0
+            n += 1
+            pos = end + 1
+            continue
+        for s in range(nslots):
+            field_len[s * capacity + n] = -1
+        column = 0
+        fstart = pos
+        state = OK
+        i = pos
+        ended = False
+        # fields up to the last wanted one: record them
+        while column <= last_wanted:
+            if i == cur or buf[i] == delimiter:
+                slot = slot_of[column]
+                if slot >= 0:
+                    field_start[slot * capacity + n] = fstart
+                    field_len[slot * capacity + n] = <int32_t>(i - fstart)
+                    if not _printable(buf + fstart, i - fstart):
+                        state = BAD_BYTES
+                column += 1
+                fstart = i + 1
+                if i == cur:
+                    ended = True
+                    break
+            i += 1
+        if not ended:
+            # the rest of the line only needs its fields counted (a loop the compiler vectorises)
+            rest = 0
+            for j in range(i, cur):
+                rest += buf[j] == delimiter
+            column += rest + 1
+        nfields[n] = column
+        if column != ncols:
+            state = BAD_COUNT
+        status[n] = state
+        n += 1
+        pos = end + 1
+    return n
+
+
+def split_fields(const uint8_t[::1] block, int delimiter, int ncols, wanted, int comment=-1, kinds=None):
+    """Split ``block`` into lines and fields; see the module docstring.
+
+    Returns ``(status uint8[m], line_start int64[m], line_end int64[m], nfields int32[m],
+    columns, bad_slot int8[m])`` over the m non-blank lines. ``columns[j]`` covers the k
+    lines with status 0: ``(offsets int32[k+1], data uint8[...])`` for text, ``int32[k]``
+    for ports, ``(int64[k] microseconds, bool[k] valid)`` for times.
+    """
+    if not 0 <= delimiter <= 255:
+        raise ValueError(f"delimiter must be one byte, not {delimiter}")
+    if ncols <= 0:
+        raise ValueError(f"ncols must be positive, not {ncols}")
+    cdef cnp.ndarray[int32_t, ndim=1] slot_of = np.full(ncols, -1, np.int32)
+    cdef int j, nslots = len(wanted)
+    kinds = [TEXT] * nslots if kinds is None else [int(k) for k in kinds]
+    if len(kinds) != nslots or any(not TEXT <= k <= EPOCH_MS for k in kinds):
+        raise ValueError(f"kinds must give one of 0..4 for each wanted column, not {kinds}")
+    for j in range(nslots):
+        column = int(wanted[j])
+        if not 0 <= column < ncols:
+            raise ValueError(f"wanted column {column} outside 0..{ncols - 1}")
+        if slot_of[column] >= 0:
+            raise ValueError(f"wanted column {column} given twice")
+        slot_of[column] = j
+    cdef Py_ssize_t size = block.shape[0]
+    cdef const uint8_t* buf = &block[0] if size > 0 else NULL
+    cdef Py_ssize_t capacity = 1
+    if size > 0:
+        with nogil:
+            capacity = _count_lines(buf, size)
+    cdef cnp.ndarray[uint8_t, ndim=1] status = np.zeros(capacity, np.uint8)
+    cdef cnp.ndarray[int64_t, ndim=1] line_start = np.zeros(capacity, np.int64)
+    cdef cnp.ndarray[int64_t, ndim=1] line_end = np.zeros(capacity, np.int64)
+    cdef cnp.ndarray[int32_t, ndim=1] nfields = np.zeros(capacity, np.int32)
+    cdef cnp.ndarray[int64_t, ndim=1] field_start = np.zeros(max(nslots, 1) * capacity, np.int64)
+    cdef cnp.ndarray[int32_t, ndim=1] field_len = np.zeros(max(nslots, 1) * capacity, np.int32)
+    cdef cnp.ndarray[int8_t, ndim=1] bad_slot = np.full(capacity, -1, np.int8)
+    cdef Py_ssize_t n = 0
+    if size > 0:
+        with nogil:
+            n = _scan(buf, size, <uint8_t>delimiter, ncols, &slot_of[0], nslots, comment,
+                      &status[0], &line_start[0], &line_end[0], &nfields[0],
+                      &field_start[0], &field_len[0], capacity)
+    # typed columns: values over every line; a bad port turns its line's status to BAD_VALUE
+    typed = {}
+    for j in range(nslots):
+        if kinds[j] != TEXT:
+            typed[j] = _convert(block, field_start[j * capacity: j * capacity + n], field_len[j * capacity: j * capacity + n],
+                                status[:n], bad_slot[:n], kinds[j], j)
+    status = status[:n]
+    ok = np.flatnonzero(status == OK)
+    columns = []
+    for j in range(nslots):
+        if kinds[j] == TEXT:
+            starts = field_start[j * capacity: j * capacity + n][ok]
+            lengths = field_len[j * capacity: j * capacity + n][ok]
+            columns.append(_gather(block, starts, lengths))
+        elif kinds[j] == PORT:
+            columns.append(typed[j][0][ok])
+        else:
+            columns.append((typed[j][0][ok], typed[j][1][ok].astype(bool)))
+    return status, line_start[:n].copy(), line_end[:n].copy(), nfields[:n].copy(), columns, bad_slot[:n].copy()
+
+
+def _convert(const uint8_t[::1] block, int64_t[::1] starts, int32_t[::1] lengths, uint8_t[::1] status,
+             int8_t[::1] bad_slot, int kind, int slot):
+    """Typed values of one column over every line (only lines with status OK are read)."""
+    cdef Py_ssize_t n = starts.shape[0], i, size = block.shape[0]
+    cdef cnp.ndarray[int32_t, ndim=1] ports = np.full(n if kind == PORT else 0, -1, np.int32)
+    cdef cnp.ndarray[int64_t, ndim=1] micros = np.zeros(n if kind != PORT else 0, np.int64)
+    cdef cnp.ndarray[uint8_t, ndim=1] valid = np.zeros(n if kind != PORT else 0, np.uint8)
+    cdef int32_t value
+    cdef int64_t moment
+    for i in range(n):
+        # boundaries come from _scan over this block; checked again before any read
+        if status[i] == OK and (starts[i] < 0 or lengths[i] < 0 or starts[i] + lengths[i] > size):
+            raise ValueError("field outside the block")
+    cdef const uint8_t* buf = &block[0] if size > 0 else NULL
+    with nogil:
+        for i in range(n):
+            if status[i] != OK:
+                continue
+            if kind == PORT:
+                value = _port(buf + starts[i], lengths[i])
+                if value == -2:
+                    status[i] = BAD_VALUE
+                    bad_slot[i] = slot
+                else:
+                    ports[i] = value
+            elif kind == WALLCLOCK:
+                if _wallclock(buf + starts[i], lengths[i], &moment):
+                    micros[i] = moment
+                    valid[i] = 1
+            else:
+                if _epoch(buf + starts[i], lengths[i], kind, &moment):
+                    micros[i] = moment
+                    valid[i] = 1
+    return (ports,) if kind == PORT else (micros, valid)
+
+
+cdef Py_ssize_t _count_lines(const uint8_t* buf, Py_ssize_t size) noexcept nogil:
+    cdef Py_ssize_t count = 1, pos = 0
+    cdef const uint8_t* nl
+    while pos < size:
+        nl = <const uint8_t*>memchr(buf + pos, b'\n', size - pos)
+        if nl == NULL:
+            break
+        count += 1
+        pos = (nl - buf) + 1
+    return count
+
+
+def _gather(const uint8_t[::1] block, int64_t[::1] starts, int32_t[::1] lengths):
+    """Copy the fields (start, length) of ``block`` into Arrow string offsets + data."""
+    cdef Py_ssize_t k = starts.shape[0], i, size = block.shape[0]
+    cdef cnp.ndarray[int32_t, ndim=1] offsets = np.zeros(k + 1, np.int32)
+    cdef int64_t total = 0
+    for i in range(k):
+        # boundaries come from _scan over this block; checked again before any copy
+        if lengths[i] < 0 or starts[i] < 0 or starts[i] + lengths[i] > size:
+            raise ValueError("field outside the block")
+        total += lengths[i]
+        if total > 0x7FFFFFFF:
+            raise ValueError("block too large for 32-bit string offsets")
+        offsets[i + 1] = <int32_t>total
+    cdef cnp.ndarray[uint8_t, ndim=1] data = np.empty(max(total, 1), np.uint8)
+    cdef uint8_t* out = &data[0]
+    cdef const uint8_t* src = &block[0] if size > 0 else NULL
+    with nogil:
+        for i in range(k):
+            memcpy(out + offsets[i], src + starts[i], lengths[i])
+    return offsets, data[:total]

@@ -1,0 +1,132 @@
+"""Pure-Python twin of connscan._flowparse_c (same function, same results): the fallback
+and the oracle the tests compare the native extractor with."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+OK, COMMENT, BAD_COUNT, BAD_BYTES, BAD_VALUE = 0, 1, 2, 3, 4
+TEXT, PORT, WALLCLOCK, EPOCH_S, EPOCH_MS = 0, 1, 2, 3, 4
+
+_WALLCLOCK = re.compile(rb"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{0,9}))?")
+_EPOCH_S = re.compile(rb"(\d{1,12})(?:\.(\d{0,9}))?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = timedelta(microseconds=1)
+
+
+def _printable(field: bytes) -> bool:
+    return all(0x20 <= b <= 0x7E for b in field)
+
+
+def _port(field: bytes) -> int:
+    text = field.strip(b" ")
+    if text in (b"", b"-"):
+        return -1
+    if len(text) > 5 or not all(0x30 <= b <= 0x39 for b in text):
+        return -2
+    value = int(text)
+    return value if value <= 65535 else -2
+
+
+def _micros(field: bytes, kind: int) -> int | None:
+    if kind == WALLCLOCK:
+        match = _WALLCLOCK.fullmatch(field)
+        if not match:
+            return None
+        y, mo, d, h, mi, s = (int(g) for g in match.groups()[:6])
+        try:
+            moment = datetime(y, mo, d, h, mi, s, tzinfo=timezone.utc)
+        except ValueError:
+            return None
+        fraction = (match.group(7) or b"")[:6].ljust(6, b"0")
+        return (moment - _EPOCH) // _ONE_US + int(fraction)
+    if kind == EPOCH_MS:
+        return int(field) * 1000 if len(field) <= 15 and field.isdigit() else None
+    match = _EPOCH_S.fullmatch(field)
+    if not match:
+        return None
+    fraction = (match.group(2) or b"")[:6].ljust(6, b"0")
+    return int(match.group(1)) * 1_000_000 + int(fraction)
+
+
+def split_fields(block, delimiter: int, ncols: int, wanted, comment: int = -1, kinds=None):
+    """Split ``block`` into lines and fields; see connscan._flowparse_c.split_fields."""
+    if not 0 <= delimiter <= 255:
+        raise ValueError(f"delimiter must be one byte, not {delimiter}")
+    if ncols <= 0:
+        raise ValueError(f"ncols must be positive, not {ncols}")
+    wanted = [int(c) for c in wanted]
+    kinds = [TEXT] * len(wanted) if kinds is None else [int(k) for k in kinds]
+    if len(kinds) != len(wanted) or any(not TEXT <= k <= EPOCH_MS for k in kinds):
+        raise ValueError(f"kinds must give one of 0..4 for each wanted column, not {kinds}")
+    for column in wanted:
+        if not 0 <= column < ncols:
+            raise ValueError(f"wanted column {column} outside 0..{ncols - 1}")
+    if len(set(wanted)) != len(wanted):
+        raise ValueError("a wanted column is given twice")
+    data = bytes(block)
+    sep = bytes([delimiter])
+    status, starts, ends, nfields, bad_slot = [], [], [], [], []
+    values: list[list] = [[] for _ in wanted]
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end
+        cur = end - 1 if end > pos and data[end - 1] == 0x0D else end
+        line = data[pos:cur]
+        pos = end + 1
+        if not line:
+            continue
+        starts.append(cur - len(line))
+        ends.append(cur)
+        bad_slot.append(-1)
+        if comment >= 0 and line[0] == comment:
+            status.append(COMMENT)
+            nfields.append(0)
+            continue
+        fields = line.split(sep)
+        nfields.append(len(fields))
+        if len(fields) != ncols:
+            status.append(BAD_COUNT)
+            continue
+        if not all(_printable(fields[c]) for c in wanted):
+            status.append(BAD_BYTES)
+            continue
+        row = []
+        for j, (c, kind) in enumerate(zip(wanted, kinds)):
+            if kind == PORT:
+                port = _port(fields[c])
+                if port == -2:
+                    bad_slot[-1] = j
+                    break
+                row.append(port)
+            elif kind == TEXT:
+                row.append(fields[c])
+            else:
+                row.append(_micros(fields[c], kind))
+        if bad_slot[-1] >= 0:
+            status.append(BAD_VALUE)
+            continue
+        status.append(OK)
+        for j, value in enumerate(row):
+            values[j].append(value)
+    columns = []
+    for vals, kind in zip(values, kinds):
+        if kind == TEXT:
+            offsets = np.zeros(len(vals) + 1, np.int32)
+            offsets[1:] = np.cumsum([len(v) for v in vals], dtype=np.int64) if vals else []
+            columns.append((offsets, np.frombuffer(b"".join(vals), np.uint8).copy()))
+        elif kind == PORT:
+            columns.append(np.array(vals, np.int32))
+        else:
+            columns.append((np.array([v or 0 for v in vals], np.int64), np.array([v is not None for v in vals], bool)))
+    return (
+        np.array(status, np.uint8),
+        np.array(starts, np.int64),
+        np.array(ends, np.int64),
+        np.array(nfields, np.int32),
+        columns,
+        np.array(bad_slot, np.int8),
+    )

@@ -1,0 +1,220 @@
+"""Findings out: THOR text lines (escaped), JSON Lines, and the run statistics.
+
+Text line, field for field like THOR's ProcessConnections module::
+
+    <Mon dd HH:MM:SS> <hostname>/<host ip> <TAG>: <Level>: MODULE: ProcessConnections
+    MESSAGE: .. PID: .. NAME: .. COMMAND: .. LIP: .. LPORT: .. RIP: .. RPORT: ..
+    [FILE: .. ROW: .. START: ..] [COUNT: .. FIRST_SEEN: .. LAST_SEEN: ..] [COUNTRY: ..]
+    SCORE: .. then per reason REASON_n, SUBSCORE_n [, SIGNATURE_n, DESC_n]
+
+Values are escaped so that data (a command line, a process name) can neither start a new
+line nor forge a field: control, format and line-separator characters become ``\\xNN`` /
+``\\uNNNN``, and a ``:`` followed by a space or ending the value becomes ``\\x3a``; so the
+only ``": "`` in a line are the ones after field names.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Iterable
+
+from connscan.findings import LEVELS, Finding
+
+__all__ = ["FindingWriter", "Stats", "escape_value", "finding_to_dict", "format_text_line"]
+
+FORMATS = ("text", "jsonl")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def escape_value(value) -> str:
+    """One field value as safe text (see the module docstring); None is ``-``."""
+    if value is None:
+        return "-"
+    text = str(value)
+    if text.isprintable() and ": " not in text and not text.endswith(":"):
+        return text  # the common case: nothing to escape
+    out = []
+    last = len(text) - 1
+    for i, ch in enumerate(text):
+        if ch == ":" and (i == last or text[i + 1] == " "):
+            out.append("\\x3a")
+        elif ch == " " or ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return "".join(out)
+
+
+def _thor_time(moment: datetime) -> str:
+    local = moment.astimezone() if moment.tzinfo is not None else moment
+    return f"{_MONTHS[local.month - 1]} {local.day:02d} {local:%H:%M:%S}"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)  # naive times in batches are UTC
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _score_text(score: float) -> str:
+    return str(int(score)) if float(score).is_integer() else f"{score:.1f}"
+
+
+def text_fields(finding: Finding) -> list[tuple[str, object]]:
+    """The (KEY, value) pairs after the line header, in output order, unescaped."""
+    pairs: list[tuple[str, object]] = [("MODULE", finding.module), ("MESSAGE", finding.message)]
+    if finding.file is None:  # process fields belong to the live scan, not to flow records
+        pairs += [("PID", finding.pid), ("NAME", finding.name), ("COMMAND", finding.command)]
+    pairs += [("LIP", finding.lip), ("LPORT", finding.lport), ("RIP", finding.rip), ("RPORT", finding.rport)]
+    for key, value in (("FILE", finding.file), ("ROW", finding.row), ("START", _iso(finding.start)),
+                       ("COUNT", finding.count), ("FIRST_SEEN", _iso(finding.first_seen)),
+                       ("LAST_SEEN", _iso(finding.last_seen)), ("COUNTRY", finding.country)):
+        if value is not None:
+            pairs.append((key, value))
+    pairs.append(("SCORE", _score_text(finding.score)))
+    for n, reason in enumerate(finding.reasons, 1):
+        pairs += [(f"REASON_{n}", reason.text()), (f"SUBSCORE_{n}", _score_text(reason.score))]
+        if reason.kind in ("c2", "allowlist") and reason.signature is not None:
+            pairs += [(f"SIGNATURE_{n}", reason.signature), (f"DESC_{n}", reason.description or "")]
+    return pairs
+
+
+def format_text_line(finding: Finding, tag: str = "connscan", hostname: str | None = None,
+                     host_ip: str | None = None) -> str:
+    """One THOR-style line (no newline). host_ip None: the connection's local address."""
+    head = (f"{_thor_time(finding.time)} {escape_value(hostname or finding.hostname)}/"
+            f"{escape_value(host_ip or finding.lip)} {escape_value(tag)}: {finding.level}:")
+    return head + "".join(f" {key}: {escape_value(value)}" for key, value in text_fields(finding))
+
+
+def finding_to_dict(finding: Finding) -> dict:
+    """The JSON Lines object: documented keys, in order; unknown (None) values left out."""
+    data = {
+        "time": _iso(finding.time),
+        "hostname": finding.hostname,
+        "level": finding.level,
+        "module": finding.module,
+        "message": finding.message,
+        "score": finding.score,
+        "pid": finding.pid,
+        "name": finding.name,
+        "command": finding.command,
+        "user": finding.user,
+        "status": finding.status,
+        "proto": finding.proto,
+        "lip": finding.lip,
+        "lport": finding.lport,
+        "rip": finding.rip,
+        "rport": finding.rport,
+        "direction": finding.direction,
+        "country": finding.country,
+        "reasons": [reason.to_dict() for reason in finding.reasons],
+        "file": finding.file,
+        "row": finding.row,
+        "start": _iso(finding.start),
+        "count": finding.count,
+        "first_seen": _iso(finding.first_seen),
+        "last_seen": _iso(finding.last_seen),
+    }
+    return {key: value for key, value in data.items() if value is not None}
+
+
+class FindingWriter:
+    """Writes findings to a text stream as THOR lines ("text") or JSON Lines ("jsonl")."""
+
+    def __init__(self, stream: IO[str], fmt: str = "text", tag: str = "connscan",
+                 hostname: str | None = None, host_ip: str | None = None):
+        if fmt not in FORMATS:
+            raise ValueError(f"output format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        self.stream, self.fmt, self.tag = stream, fmt, tag
+        self.hostname, self.host_ip = hostname, host_ip
+        self.written = 0
+
+    def write(self, finding: Finding) -> None:
+        if self.fmt == "jsonl":
+            line = json.dumps(finding_to_dict(finding), ensure_ascii=False, separators=(",", ":"))
+        else:
+            line = format_text_line(finding, self.tag, self.hostname, self.host_ip)
+        self.stream.write(line + "\n")
+        self.written += 1
+
+    def write_all(self, findings: Iterable[Finding]) -> None:
+        for finding in findings:
+            self.write(finding)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@dataclass
+class Stats:
+    """What a run read, scanned, skipped and found: the --stats file and the summary.
+
+    A record is a socket (live scan) or a flow record (flows). ``files`` holds the same
+    figures per input file (flows).
+    """
+
+    records_read: int = 0
+    records_scanned: int = 0
+    records_skipped: Counter = field(default_factory=Counter)
+    records_rejected: Counter = field(default_factory=Counter)
+    findings: Counter = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+    files: dict[str, "Stats"] | None = None
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def add_findings(self, findings: Iterable[Finding]) -> None:
+        self.findings.update(finding.level for finding in findings)
+
+    def add(self, other: "Stats") -> None:
+        """Add another run's (or file's) counts to these totals."""
+        self.records_read += other.records_read
+        self.records_scanned += other.records_scanned
+        self.records_skipped.update(other.records_skipped)
+        self.records_rejected.update(other.records_rejected)
+        self.findings.update(other.findings)
+
+    def stop(self) -> "Stats":
+        self.elapsed_s = time.perf_counter() - self.started
+        return self
+
+    def at_or_above(self, level: str) -> int:
+        """Number of findings at ``level`` or more severe."""
+        rank = LEVELS.index(level)
+        return sum(n for lvl, n in self.findings.items() if LEVELS.index(lvl) >= rank)
+
+    def to_dict(self) -> dict:
+        data = {
+            "records_read": self.records_read,
+            "records_scanned": self.records_scanned,
+            "records_skipped": dict(sorted(self.records_skipped.items())),
+            "records_rejected": dict(sorted(self.records_rejected.items())),
+            "findings": {level: self.findings.get(level, 0) for level in reversed(LEVELS)},
+            "elapsed_s": round(self.elapsed_s, 6),
+        }
+        if self.files is not None:
+            data["files"] = {name: stats.to_dict() for name, stats in self.files.items()}
+        return data
+
+    def summary(self) -> str:
+        """One line for stderr."""
+        def by_reason(counts: Counter) -> str:
+            total = sum(counts.values())
+            if not total:
+                return "0"
+            return f"{total} (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
+
+        found = ", ".join(f"{self.findings.get(level, 0)} {level}" for level in ("Alert", "Warning", "Notice"))
+        info = self.findings.get("Info", 0)
+        return (f"connscan: {self.records_read} read, {self.records_scanned} scanned, "
+                f"{by_reason(self.records_skipped)} skipped, {by_reason(self.records_rejected)} rejected; "
+                f"findings: {found}" + (f", {info} Info" if info else "") + f"; {self.elapsed_s:.2f} s")

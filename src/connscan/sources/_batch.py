@@ -1,0 +1,137 @@
+"""Column conversions shared by the readers: text columns -> the contract batch."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connscan.sources import BATCH_SCHEMA, SourceAccount
+
+# IANA protocol numbers worth a name; others stay numbers ("99").
+PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 51: "ah", 58: "icmp6", 132: "sctp"}
+_PROTO_ALIASES = {"ipv6-icmp": "icmp6", "icmpv6": "icmp6", "icmp6": "icmp6"}
+
+UNSET = ("", "-", "(empty)")
+
+START_TYPE = pa.timestamp("us", tz="UTC")
+
+
+def proto_name(text: str) -> str:
+    """Lower-case protocol name; numbers become names where we have one."""
+    text = text.strip().lower()
+    if text in UNSET:
+        return ""
+    if text.isdigit():
+        return PROTO_NAMES.get(int(text), str(int(text)))
+    return _PROTO_ALIASES.get(text, text)
+
+
+def normalise_proto(column: pa.Array) -> pa.Array:
+    """Protocol text or numbers -> contract names, via the (small) dictionary of values."""
+    if pa.types.is_integer(column.type):
+        column = pc.cast(column, pa.string())
+    encoded = pc.dictionary_encode(column.fill_null(""))
+    names = pa.array([proto_name(v) for v in encoded.dictionary.to_pylist()], pa.string())
+    return names.take(encoded.indices)
+
+
+def parse_ports(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Port text -> (int32 values with -1 for unset, bool mask of malformed entries)."""
+    if pa.types.is_integer(column.type):
+        values = column.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        bad = (values < -1) | (values > 65535)
+        return np.where(bad, -1, values).astype(np.int32), bad
+    try:
+        ints = pc.cast(column, pa.int32())
+        values = ints.fill_null(-1).to_numpy(zero_copy_only=False)
+        bad = (values < 0) | (values > 65535)
+        if ints.null_count:
+            bad &= ~ints.is_null().to_numpy(zero_copy_only=False)
+        return np.where(bad, -1, values).astype(np.int32), bad
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    # rare path: unset markers or malformed entries; decide each, still vectorised
+    text = pc.utf8_trim_whitespace(column)
+    unset = pc.is_in(text, value_set=pa.array(UNSET)).fill_null(True).to_numpy(zero_copy_only=False)
+    digits = pc.match_substring_regex(text, r"^[0-9]{1,5}$").fill_null(False)
+    values = pc.cast(pc.if_else(digits, text, pa.scalar(None, pa.string())), pa.int32()).fill_null(-1).to_numpy(zero_copy_only=False)
+    bad = ~unset & (~digits.to_numpy(zero_copy_only=False) | (values > 65535))
+    return np.where(bad | unset, -1, values).astype(np.int32), bad
+
+
+def epoch_seconds(column: pa.Array) -> pa.Array:
+    """Epoch seconds text ("1481764837.536038"); masked ("XXXX...") or unset -> null."""
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        seconds = pc.cast(column, pa.float64())
+    else:
+        numeric = pc.match_substring_regex(column, r"^[0-9]+(\.[0-9]*)?$")
+        seconds = pc.cast(pc.if_else(numeric, column, pa.scalar(None, pa.string())), pa.float64())
+    micros = pc.cast(pc.round(pc.multiply(seconds, 1e6)), pa.int64())
+    return pc.cast(micros, pa.int64()).cast(START_TYPE)
+
+
+def wallclock_to_utc(naive: pa.Array, tz: str) -> pa.Array:
+    """Naive wall-clock timestamps of zone ``tz`` -> UTC (DST gaps/overlaps: the earlier)."""
+    if tz in ("UTC", "Etc/UTC", "Z"):
+        return naive.cast(pa.int64()).cast(START_TYPE)
+    return pc.assume_timezone(naive, tz, ambiguous="earliest", nonexistent="earliest")
+
+
+def null_starts(n: int) -> pa.Array:
+    return pa.nulls(n, START_TYPE)
+
+
+def flow_batches(
+    account: SourceAccount,
+    rows: np.ndarray,
+    src: pa.Array,
+    dst: pa.Array,
+    sport: pa.Array | None,
+    dport: pa.Array | None,
+    proto: pa.Array | None,
+    start: pa.Array | None,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """Validate ports, reject the malformed rows, and yield contract batches."""
+    n = len(rows)
+    if n == 0:
+        return
+    keep = np.ones(n, bool)
+    ports = []
+    for label, column in (("sport", sport), ("dport", dport)):
+        if column is None:
+            ports.append(np.full(n, -1, np.int32))
+            continue
+        values, bad = parse_ports(column)
+        if bad.any():
+            texts = column.to_pylist()
+            for i in np.flatnonzero(bad & keep):
+                account.reject(int(rows[i]), f"invalid {label}", f"{label}={texts[i]!r}")
+            keep &= ~bad
+        ports.append(values)
+    proto = normalise_proto(proto) if proto is not None else pa.array([""] * n, pa.string())
+    start = start.cast(START_TYPE) if start is not None else null_starts(n)
+    columns = [
+        _as_string(src),
+        _as_string(dst),
+        pa.array(ports[0], pa.int32()),
+        pa.array(ports[1], pa.int32()),
+        proto,
+        start,
+        pa.array(rows, pa.int64()),
+    ]
+    batch = pa.RecordBatch.from_arrays(columns, schema=BATCH_SCHEMA)
+    if not keep.all():
+        batch = batch.filter(pa.array(keep))
+    for offset in range(0, batch.num_rows, batch_rows):
+        yield batch.slice(offset, batch_rows)
+
+
+def _as_string(column: pa.Array) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.type != pa.string():
+        column = column.cast(pa.string())
+    return column.fill_null("")

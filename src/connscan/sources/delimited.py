@@ -1,0 +1,175 @@
+"""Delimited text (nfdump CSV, Zeek TSV, AWS, generic CSV/TSV) in blocks of whole lines.
+
+Each block is split by the native field extractor (unquoted formats) or pyarrow's CSV
+parser (quoted CSV), reading only the wanted columns as strings. Lines that do not fit
+come back with their index among the block's non-blank lines, which gives every record
+its exact row number: records are the non-blank lines that are neither comments nor a
+footer.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from connscan import _native
+from connscan.sources import SourceAccount
+from connscan.sources.compression import ByteSource
+
+# What the invalid-row classifier says about a line that does not fit the layout.
+COMMENT, FOOTER, REJECT, BAD_BYTES = "comment", "footer", "reject", "bad-bytes"
+
+
+# Column kinds for the native extractor (unquoted layouts); quoted layouts give text.
+TEXT, PORT, WALLCLOCK, EPOCH_S, EPOCH_MS = 0, 1, 2, 3, 4
+
+
+@dataclass
+class Layout:
+    names: list[str]  # every column of the file, in order
+    wanted: list[str]  # the columns to extract
+    delimiter: str = ","
+    quoting: bool = False
+    kinds: dict[str, int] | None = None  # wanted column -> kind (default TEXT)
+    roles: dict[str, str] | None = None  # wanted column -> role name, for reject reasons
+
+
+@dataclass
+class Block:
+    table: pa.Table  # the wanted columns, one row per valid record
+    rows: np.ndarray  # int64 record number of each table row
+
+
+def parse(
+    data: ByteSource,
+    account: SourceAccount,
+    layout: Layout,
+    block_bytes: int,
+    classify: Callable[[str], str] = lambda text: REJECT,
+    first_row: int = 0,
+    skip_bytes: int = 0,
+    comment: str | None = None,
+    impl: str | None = None,
+) -> Iterator[Block]:
+    """Parse ``data`` (after its first ``skip_bytes`` header bytes) block by block.
+
+    ``classify(text)`` decides what a line that does not fit the layout is: a comment or
+    footer (not a record) or a rejected record ("expected N fields, got M"); lines that
+    start with ``comment`` are comments. Unquoted layouts go through the native field
+    extractor (connscan._flowparse_c, or its twin with ``impl="py"``); quoted ones through
+    pyarrow's CSV parser.
+    """
+    blocks = _skip_prefix(data.blocks(block_bytes), skip_bytes)
+    if layout.quoting:
+        parts = _arrow_blocks(blocks, layout, block_bytes, classify, comment)
+    else:
+        parts = _native_blocks(blocks, layout, classify, comment, _native.load("flowparse", impl))
+    base = first_row
+    for table, n_lines, invalid in parts:
+        if not invalid:
+            rows = np.arange(base + 1, base + n_lines + 1, dtype=np.int64)
+            base += n_lines
+        else:
+            is_record = np.ones(n_lines, bool)
+            is_valid = np.ones(n_lines, bool)
+            for index, kind, _, _ in invalid:
+                is_valid[index] = False
+                if kind in (COMMENT, FOOTER):
+                    is_record[index] = False
+            record_no = base + np.cumsum(is_record)
+            for index, kind, text, fields in invalid:
+                row = int(record_no[index])
+                if kind == REJECT:
+                    account.reject(row, f"expected {len(layout.names)} fields, got {fields}", text[:500])
+                elif kind == BAD_BYTES:
+                    account.reject(row, "non-text bytes in an address, port, protocol or time field", text[:500])
+                elif kind not in (COMMENT, FOOTER):
+                    account.reject(row, kind, text[:500])  # "invalid <column>" from a typed column
+            rows = record_no[is_valid].astype(np.int64)
+            base += int(is_record.sum())
+        yield Block(table, rows)
+    if data.truncated_tail:
+        account.reject(base + 1, "truncated record at damaged end of input", data.truncated_tail[:500].decode("utf-8", "replace"))
+
+
+def _native_blocks(blocks, layout: Layout, classify, comment, flowparse):
+    """(table, non-blank lines, [(line index, kind, text, fields)]) per block, natively split."""
+    index_of = {name: i for i, name in enumerate(layout.names)}
+    wanted = np.array([index_of[name] for name in layout.wanted], np.int32)
+    kinds = [(layout.kinds or {}).get(name, TEXT) for name in layout.wanted]
+    comment_byte = ord(comment) if comment else -1
+    for block in blocks:
+        status, starts, ends, nfields, columns, bad_slot = flowparse.split_fields(
+            block, ord(layout.delimiter), len(layout.names), wanted, comment_byte, kinds
+        )
+        n_ok = int(np.count_nonzero(status == 0))
+        table = pa.table({name: _arrow_column(kind, column, n_ok) for name, kind, column in zip(layout.wanted, kinds, columns)})
+        invalid = []
+        for index in np.flatnonzero(status != 0):
+            text = bytes(block[starts[index] : ends[index]]).decode("utf-8", "replace")
+            code = status[index]
+            if code == 1:
+                kind = COMMENT
+            elif code == 3:
+                kind = BAD_BYTES
+            elif code == 4:
+                column = layout.wanted[bad_slot[index]]
+                kind = f"invalid {(layout.roles or {}).get(column, column)}"
+            else:
+                kind = classify(text)
+            invalid.append((int(index), kind, text, int(nfields[index])))
+        yield table, len(status), invalid
+
+
+def _arrow_column(kind: int, column, n: int) -> pa.Array:
+    if kind == TEXT:
+        offsets, values = column
+        return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
+    if kind == PORT:
+        return pa.array(column, pa.int32())
+    micros, valid = column
+    return pa.array(micros, pa.int64(), mask=~valid).cast(pa.timestamp("us"))
+
+
+def _arrow_blocks(blocks, layout: Layout, block_bytes: int, classify, comment):
+    """The same through pyarrow's CSV parser (quoted fields)."""
+    read_options = pacsv.ReadOptions(column_names=layout.names, use_threads=False, block_size=max(block_bytes + 1, 1 << 20))
+    convert_options = pacsv.ConvertOptions(
+        include_columns=layout.wanted,
+        column_types={name: pa.string() for name in layout.wanted},
+        strings_can_be_null=False,
+    )
+    for block in blocks:
+        invalid: list[tuple[int, str, str, int]] = []
+
+        def handler(row, invalid=invalid):
+            kind = COMMENT if comment and row.text.startswith(comment) else classify(row.text)
+            # row.number counts the non-blank lines of this parse, from 1
+            invalid.append((row.number - 1, kind, row.text, row.actual_columns))
+            return "skip"
+
+        parse_options = pacsv.ParseOptions(
+            delimiter=layout.delimiter,
+            quote_char='"' if layout.quoting else False,
+            invalid_row_handler=handler,
+        )
+        try:
+            table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options)
+        except pa.ArrowInvalid:
+            # typically bytes that are not UTF-8: such fields can only be rejected downstream
+            invalid.clear()
+            cleaned = block.decode("utf-8", "replace").encode("utf-8")
+            table = pacsv.read_csv(pa.py_buffer(cleaned), read_options, parse_options, convert_options)
+        yield table, table.num_rows + len(invalid), invalid
+
+
+def _skip_prefix(blocks: Iterator[bytes], skip: int) -> Iterator[bytes]:
+    for block in blocks:
+        if skip:
+            cut = min(skip, len(block))
+            block, skip = block[cut:], skip - cut
+        if block:
+            yield block

@@ -1,0 +1,208 @@
+"""Generic tables: CSV/TSV with a header line, Parquet and Arrow IPC (file or stream).
+
+Columns are found by their common names (``src_ip``, ``srcaddr``, ``source.ip``, ...,
+case-insensitive) or named with ``--columns src=..,dst=..,sport=..,dport=..,proto=..,start=..``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connscan.errors import InputError
+from connscan.sources import ReaderOptions, SourceAccount, _batch
+from connscan.sources.compression import ByteSource
+from connscan.sources.delimited import Layout, parse
+
+KNOWN_NAMES = {
+    "src": ("src_ip", "srcaddr", "source.ip", "src_addr", "source_ip", "srcip", "src", "source", "sa",
+            "id.orig_h", "source_address", "saddr", "ip_src", "ipv4_src_addr", "ipv6_src_addr", "src_address"),
+    "dst": ("dst_ip", "dstaddr", "destination.ip", "dst_addr", "dest_ip", "destination_ip", "dstip", "dst",
+            "destination", "da", "id.resp_h", "destination_address", "daddr", "ip_dst", "ipv4_dst_addr",
+            "ipv6_dst_addr", "dst_address"),
+    "sport": ("src_port", "srcport", "source.port", "sport", "sp", "id.orig_p", "l4_src_port", "source_port"),
+    "dport": ("dst_port", "dstport", "destination.port", "dport", "dp", "dest_port", "id.resp_p", "l4_dst_port",
+              "destination_port"),
+    "proto": ("protocol", "proto", "pr", "network.transport", "ip_proto", "transport", "network.iana_number"),
+    "start": ("start", "start_time", "ts", "timestamp", "@timestamp", "first_seen", "firstseen", "event.start",
+              "flow_start", "stime", "time"),
+}  # fmt: skip
+
+DELIMITERS = (",", "\t", ";", "|")
+
+
+def resolve_columns(names: list[str], overrides: dict[str, str] | None) -> dict[str, str]:
+    """role -> column name, from --columns first, then the known names."""
+    lower = {name.strip().lower(): name for name in names}
+    roles: dict[str, str] = {}
+    for role, candidates in KNOWN_NAMES.items():
+        if overrides and role in overrides:
+            wanted = overrides[role]
+            if wanted not in names and wanted.lower() not in lower:
+                raise InputError(f"--columns {role}={wanted}: no such column (columns: {', '.join(names)})")
+            roles[role] = wanted if wanted in names else lower[wanted.lower()]
+            continue
+        found = next((lower[c] for c in candidates if c in lower), None)
+        if found is not None:
+            roles[role] = found
+    return roles
+
+
+def _header(head: bytes) -> tuple[str, list[str], int] | None:
+    """(delimiter, column names, bytes up to the data) of a delimited file with a header."""
+    text = head.lstrip(b"\xef\xbb\xbf")
+    bom = len(head) - len(text)
+    end = text.find(b"\n")
+    line = (text[:end] if end >= 0 else text).decode("utf-8", "replace").rstrip("\r")
+    if not line.strip():
+        return None
+    delimiter = max(DELIMITERS, key=line.count)
+    if line.count(delimiter) == 0:
+        return None
+    names = [name.strip().strip('"') for name in line.split(delimiter)]
+    return delimiter, names, bom + (end + 1 if end >= 0 else len(text))
+
+
+def sniff_delimited(head: bytes) -> str | None:
+    found = _header(head)
+    if found is None:
+        return None
+    roles = resolve_columns(found[1], None)
+    return "csv" if "src" in roles and "dst" in roles else None
+
+
+def read_delimited(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
+    found = _header(data.head)
+    if found is None:
+        raise InputError(f"{account.name}: no header line with column names")
+    delimiter, names, skip = found
+    roles = _require(account, names, options)
+    layout = Layout(names=names, wanted=list(dict.fromkeys(roles.values())), delimiter=delimiter, quoting=True)
+    for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip):
+        table = block.table
+
+        def column(role):
+            return pc.utf8_trim_whitespace(table.column(roles[role]).combine_chunks()) if role in roles else None
+
+        start = column("start")
+        yield from _batch.flow_batches(
+            account,
+            block.rows,
+            column("src"),
+            column("dst"),
+            column("sport"),
+            column("dport"),
+            column("proto"),
+            generic_times(start) if start is not None else None,
+            options.batch_rows,
+        )
+
+
+def _require(account: SourceAccount, names: list[str], options: ReaderOptions) -> dict[str, str]:
+    roles = resolve_columns(names, options.columns)
+    if "src" not in roles or "dst" not in roles:
+        raise InputError(
+            f"{account.name}: no source/destination address columns found (columns: {', '.join(names)}); "
+            "name them with --columns src=..,dst=.."
+        )
+    return roles
+
+
+def generic_times(column: pa.Array) -> pa.Array:
+    """Start times of unknown style: timestamps, epoch seconds/milliseconds, ISO 8601 text."""
+    if pa.types.is_timestamp(column.type):
+        if column.type.tz is None:
+            return pc.assume_timezone(column.cast(pa.timestamp("us")), "UTC")
+        return column.cast(_batch.START_TYPE)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        values = pc.cast(column, pa.float64())
+        # epoch milliseconds are > 1e11 for any date after 1973
+        millis = pc.greater(values, 1e11)
+        seconds = pc.if_else(millis, pc.divide(values, 1000.0), values)
+        return _batch.epoch_seconds(seconds)
+    text = column.cast(pa.string())
+    numeric = pc.match_substring_regex(text, r"^[0-9]+(\.[0-9]*)?$").fill_null(False)
+    if pc.all(numeric).as_py() and len(text):
+        return generic_times(pc.cast(text, pa.float64()))
+    return pa.array([_iso_micros(v) for v in text.to_pylist()], pa.int64()).cast(_batch.START_TYPE)
+
+
+def _iso_micros(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return round(moment.timestamp() * 1_000_000)
+
+
+def read_columnar(data: ByteSource, account: SourceAccount, options: ReaderOptions, fmt: str) -> Iterator[pa.RecordBatch]:
+    """Parquet or Arrow IPC, streamed batch by batch (whole file in memory only when piped)."""
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    if data.path is not None and data.compression is None:
+        source = data.path
+    else:  # stdin or compressed: these formats need random access
+        source = pa.BufferReader(data.read_all())
+    try:
+        if fmt == "parquet":
+            parquet = pq.ParquetFile(source)
+            names = parquet.schema_arrow.names
+            roles = _require(account, names, options)
+            batches = parquet.iter_batches(batch_size=options.batch_rows, columns=list(dict.fromkeys(roles.values())))
+        else:
+            reader = _open_ipc(ipc, source)
+            names = reader.schema.names
+            roles = _require(account, names, options)
+            batches = _ipc_batches(reader)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{account.name}: unreadable {fmt} file: {exc}") from exc
+    row = 0
+    try:
+        for batch in batches:
+            n = batch.num_rows
+            rows = np.arange(row + 1, row + n + 1, dtype=np.int64)
+            row += n
+
+            def column(role):
+                return batch.column(roles[role]) if role in roles else None
+
+            start = column("start")
+            yield from _batch.flow_batches(
+                account,
+                rows,
+                column("src"),
+                column("dst"),
+                column("sport"),
+                column("dport"),
+                column("proto"),
+                generic_times(start) if start is not None else None,
+                options.batch_rows,
+            )
+    except (pa.ArrowInvalid, OSError) as exc:
+        account.damage(f"{fmt} data unreadable after {row} records ({exc})")
+
+
+def _ipc_batches(reader) -> Iterator[pa.RecordBatch]:
+    if hasattr(reader, "num_record_batches"):  # file format: random access by index
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
+    else:
+        yield from reader
+
+
+def _open_ipc(ipc, source):
+    try:
+        return ipc.open_file(source)
+    except pa.ArrowInvalid:
+        if isinstance(source, str):
+            return ipc.open_stream(pa.OSFile(source))
+        source.seek(0)
+        return ipc.open_stream(source)

@@ -1,0 +1,146 @@
+"""Zeek logs: TSV (``#separator``/``#fields``/``#types`` headers, ``#close``, unset ``-``,
+``(empty)``) and JSON lines; conn.log and any log with ``id.orig_h``/``id.resp_h``.
+
+Also read: btest-style TSV without ``#fields`` whose first non-comment line names the
+columns, and timestamps masked as ``XXXXXXXXXX.XXXXXX`` (start becomes null).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from connscan.errors import InputError
+from connscan.sources import ReaderOptions, SourceAccount, _batch, jsonlines
+from connscan.sources.compression import ByteSource
+from connscan.sources.delimited import EPOCH_S, PORT, Layout, parse
+
+ROLES = {"src": "id.orig_h", "dst": "id.resp_h", "sport": "id.orig_p", "dport": "id.resp_p", "proto": "proto", "start": "ts"}
+
+
+def sniff(head: bytes) -> str | None:
+    lines = head.lstrip(b"\xef\xbb\xbf").split(b"\n", 64)
+    for line in lines[:-1] if len(lines) > 1 else lines:
+        if line.startswith(b"#separator"):
+            return "zeek-tsv"
+        if line.startswith(b"#") or not line.strip():
+            continue
+        if line.startswith(b"{"):
+            return "zeek-json" if b'"id.orig_h"' in line or b'"id":{"orig_h"' in line.replace(b" ", b"") else None
+        names = line.rstrip(b"\r").split(b"\t")
+        # a header line of Zeek field names (zeek-cut style, no #fields)
+        return "zeek-tsv" if b"id.orig_h" in names or b"uid" in names else None
+    return None
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def read_tsv(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
+    separator, names, skip = "\t", None, 0
+    for line in data.head.split(b"\n"):
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if text.startswith("#separator"):
+            separator = _unescape(text.split(" ", 1)[1] if " " in text else text.split("\t", 1)[1])
+        elif text.startswith("#fields"):
+            names = text.split(separator)[1:]
+        elif not text.startswith("#") and text.strip():
+            if names is None:  # no #fields: this line names the columns
+                names = text.split(separator)
+                skip += len(line) + 1
+            break
+        skip += len(line) + 1
+    if names is None:
+        raise InputError(f"{account.name}: Zeek log without a #fields header or a header line")
+    if "id.orig_h" not in names or "id.resp_h" not in names:
+        raise InputError(f"{account.name}: Zeek log without id.orig_h/id.resp_h columns (fields: {', '.join(names)})")
+    if len(separator) != 1:
+        raise InputError(f"{account.name}: Zeek separator {separator!r} is not one character")
+    roles = {role: col for role, col in ROLES.items() if col in names}
+    kinds = {roles[r]: PORT for r in ("sport", "dport") if r in roles}
+    if "start" in roles:
+        kinds[roles["start"]] = EPOCH_S
+    layout = Layout(names=_unique(names), wanted=list(roles.values()), delimiter=separator, kinds=kinds, roles={v: k for k, v in roles.items()})
+
+    for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip, comment="#"):
+        table = block.table
+
+        def column(role):
+            return table.column(roles[role]).combine_chunks() if role in roles else None
+
+        start = column("start")
+        yield from _batch.flow_batches(
+            account,
+            block.rows,
+            column("src"),
+            column("dst"),
+            column("sport"),
+            column("dport"),
+            column("proto"),
+            start.cast(pa.int64()).cast(_batch.START_TYPE) if start is not None else None,
+            options.batch_rows,
+        )
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
+def _field(obj: dict, dotted: str):
+    if dotted in obj:
+        return obj[dotted]
+    outer, _, inner = dotted.partition(".")
+    nested = obj.get(outer)
+    return nested.get(inner) if isinstance(nested, dict) else None
+
+
+def json_time(value) -> int | None:
+    """Zeek JSON ``ts``: epoch seconds (number) or ISO 8601 text -> epoch microseconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return round(value * 1_000_000)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return round(moment.timestamp() * 1_000_000)
+    return None
+
+
+def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
+    for records in jsonlines.records(data, account, options.block_bytes):
+        rows, src, dst, sport, dport, proto, start = [], [], [], [], [], [], []
+        for row, obj in records:
+            orig, resp = _field(obj, "id.orig_h"), _field(obj, "id.resp_h")
+            if orig is None or resp is None:
+                account.skip("no id.orig_h/id.resp_h")
+                continue
+            rows.append(row)
+            src.append(jsonlines.text_or_none(orig))
+            dst.append(jsonlines.text_or_none(resp))
+            sport.append(jsonlines.port_or_unset(_field(obj, "id.orig_p")))
+            dport.append(jsonlines.port_or_unset(_field(obj, "id.resp_p")))
+            proto.append(jsonlines.text_or_none(obj.get("proto")) or "")
+            start.append(json_time(obj.get("ts")))
+        yield from _batch.flow_batches(
+            account,
+            np.array(rows, np.int64),
+            pa.array(src, pa.string()),
+            pa.array(dst, pa.string()),
+            pa.array(sport, pa.string()),
+            pa.array(dport, pa.string()),
+            pa.array(proto, pa.string()),
+            pa.array(start, pa.int64()).cast(_batch.START_TYPE),
+            options.batch_rows,
+        )

@@ -1,0 +1,585 @@
+"""Engine: the native and pure-Python lookups against brute-force ipaddress oracles."""
+from __future__ import annotations
+
+import ipaddress
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from conftest import impl_fixture
+from connscan import _native
+from connscan.engine import Engine, ParsedAddresses, parse_addresses
+from connscan.errors import CacheError, InputError
+from connscan.geoip import GeoTable
+from connscan.signatures import SignatureSet
+from connscan.tables import read_tables, write_tables
+
+engine_impl = impl_fixture("engine")
+
+V4_MAX = (1 << 32) - 1
+V6_MAX = (1 << 128) - 1
+HYPOTHESIS = settings(max_examples=60, deadline=None,
+                      suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                             HealthCheck.too_slow])
+
+
+def impl_name(module) -> str:
+    return module.__name__.rsplit("_", 1)[1]
+
+
+# --------------------------------------------------------------------------- oracles
+
+
+def oracle_address(text: str):
+    """(version, int) of an address text via ipaddress; ::ffff:a.b.c.d is IPv4."""
+    ip = ipaddress.ip_address(text)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.version, int(ip)
+
+
+def oracle_span(network: str):
+    """(version, first, last) of a normalised signature network ("a/n" or "a-b")."""
+    if "-" in network:
+        first, last = (ipaddress.ip_address(part) for part in network.split("-"))
+        return first.version, int(first), int(last)
+    net = ipaddress.ip_network(network, strict=False)
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+def oracle_matches(spans, text: str) -> list[int]:
+    """Every signature containing the address, fewest addresses first, then lower index."""
+    version, value = oracle_address(text)
+    found = [(last - first, index) for index, (v, first, last) in enumerate(spans)
+             if v == version and first <= value <= last]
+    return [index for _size, index in sorted(found)]
+
+
+def oracle_country(geo_ranges, text: str) -> bytes:
+    """The country of the last GeoTable.from_ranges entry containing the address."""
+    version, value = oracle_address(text)
+    for network, code in reversed(geo_ranges[version]):
+        v, first, last = oracle_span(network)
+        if first <= value <= last:
+            return code.encode()
+    return b""
+
+
+def oracle_parse(text: str):
+    """(kind, v4, hi, lo) with ipaddress; brackets hold IPv6 only; invalid -> kind 0."""
+    try:
+        if text.startswith("[") and text.endswith("]"):
+            ip = ipaddress.IPv6Address(text[1:-1])
+        else:
+            ip = ipaddress.ip_address(text)
+    except ValueError:
+        return 0, 0, 0, 0
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.version == 4:
+        return 4, int(ip), 0, 0
+    return 6, 0, int(ip) >> 64, int(ip) & ((1 << 64) - 1)
+
+
+def v6_text(value: int) -> str:
+    return str(ipaddress.IPv6Address(value))
+
+
+def v4_text(value: int) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+# --------------------------------------------------------------------------- strategies
+
+# Values near the ends of the address spaces are where off-by-one bugs live.
+v4_values = st.one_of(st.integers(0, V4_MAX), st.integers(0, 300), st.integers(V4_MAX - 300, V4_MAX),
+                      st.sampled_from([0x0A000000, 0x0A0000FF, 0x0A000100, 0x7FFFFFFF, 0x80000000]))
+v6_values = st.one_of(st.integers(0, V6_MAX), st.integers(0, 1 << 70), st.integers(V6_MAX - (1 << 70), V6_MAX),
+                      st.integers(0, V4_MAX).map(lambda v: 0xFFFF_0000_0000 | v),  # mapped IPv4
+                      st.integers(0, 1 << 20).map(lambda v: (0x2001_0DB8 << 96) | v))
+
+
+@st.composite
+def v4_network(draw):
+    if draw(st.booleans()):
+        first, last = sorted((draw(v4_values), draw(v4_values)))
+        return f"{v4_text(first)}-{v4_text(last)}"
+    prefix = draw(st.integers(0, 32))
+    return f"{v4_text(draw(v4_values))}/{prefix}"
+
+
+@st.composite
+def v6_network(draw):
+    choice = draw(st.integers(0, 3))
+    if choice == 0:  # a range may not start or end in ::ffff:0:0/96 (that would mix families)
+        unmapped = v6_values.filter(lambda v: v >> 32 != 0xFFFF)
+        first, last = sorted((draw(unmapped), draw(unmapped)))
+        return f"{v6_text(first)}-{v6_text(last)}"
+    if choice == 1:  # IPv4-mapped networks are IPv4 signatures
+        return f"::ffff:{v4_text(draw(v4_values))}/{draw(st.integers(96, 128))}"
+    return f"{v6_text(draw(v6_values))}/{draw(st.integers(0, 128))}"
+
+
+@st.composite
+def signature_networks(draw):
+    pool = draw(st.lists(st.one_of(v4_network(), v6_network()), min_size=1, max_size=12))
+    extra = draw(st.sampled_from([[], ["0.0.0.0/0"], ["::/0"], ["::/0", "0.0.0.0/0"]]))
+    # Drawing from a small pool gives duplicate and nested networks.
+    return draw(st.lists(st.sampled_from(pool + extra), min_size=0, max_size=25))
+
+
+@st.composite
+def geo_ranges(draw):
+    codes = st.sampled_from(["US", "DE", "CN", "BR"])
+    return {4: draw(st.lists(st.tuples(v4_network(), codes), max_size=6)),
+            6: draw(st.lists(st.tuples(v6_network().filter(lambda n: "ffff:" not in n), codes),
+                             max_size=6))}
+
+
+def probe_addresses(spans, geo, draw_values):
+    """Random addresses plus every range edge and its neighbours, as text."""
+    texts = []
+    for version, first, last in spans + [oracle_span(n) for n, _ in geo[4] + geo[6]]:
+        top = V4_MAX if version == 4 else V6_MAX
+        for value in (first - 1, first, last, last + 1):
+            if 0 <= value <= top:
+                texts.append(v4_text(value) if version == 4 else v6_text(value))
+    texts += draw_values
+    return texts
+
+
+def make_geo(ranges):
+    return GeoTable.from_ranges(v4=ranges[4], v6=ranges[6])
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+@HYPOTHESIS
+@given(networks=signature_networks(), geo=geo_ranges(),
+       extra=st.lists(st.one_of(v4_values.map(v4_text), v6_values.map(v6_text)), max_size=30))
+def test_lookups_match_brute_force_oracle(engine_impl, networks, geo, extra):
+    sigs = SignatureSet.from_networks(networks)
+    spans = [oracle_span(s.network) for s in sigs]
+    engine = Engine(sigs, make_geo(geo), impl=impl_name(engine_impl))
+    texts = probe_addresses(spans, geo, extra + ["0.0.0.0", "255.255.255.255", "::", v6_text(V6_MAX)])
+    expected = [oracle_matches(spans, t) for t in texts]
+    expected_sig = np.array([m[0] if m else -1 for m in expected], np.int32)
+    expected_country = np.array([oracle_country(geo, t) for t in texts], "S2")
+
+    result = engine.lookup(texts)
+    np.testing.assert_array_equal(result.signature, expected_sig)
+    np.testing.assert_array_equal(result.country, expected_country)
+    assert result.valid.all()
+
+    # The numeric entry points give the same answers.
+    parsed = [oracle_address(t) for t in texts]
+    is4 = np.array([v == 4 for v, _ in parsed])
+    v4 = engine.lookup_ipv4(np.array([x for v, x in parsed if v == 4], np.uint32))
+    np.testing.assert_array_equal(v4.signature, expected_sig[is4])
+    np.testing.assert_array_equal(v4.country, expected_country[is4])
+    values6 = [x for v, x in parsed if v == 6]
+    v6 = engine.lookup_ipv6(np.array([x >> 64 for x in values6], np.uint64),
+                            np.array([x & ((1 << 64) - 1) for x in values6], np.uint64))
+    np.testing.assert_array_equal(v6.signature, expected_sig[~is4])
+    np.testing.assert_array_equal(v6.country, expected_country[~is4])
+
+    for text, want in zip(texts, expected):
+        assert engine.matches(text) == want, text
+
+
+@given(networks=signature_networks(), values=st.lists(v4_values, min_size=1, max_size=40))
+@HYPOTHESIS
+def test_native_equals_twin(networks, values):
+    if "c" not in _native.implementations("engine"):
+        pytest.skip("connscan._engine_c not built")
+    sigs = SignatureSet.from_networks(networks)
+    addrs = np.array(values, np.uint32)
+    c, py = (Engine(sigs, impl=impl).lookup_ipv4(addrs) for impl in ("c", "py"))
+    np.testing.assert_array_equal(c.signature, py.signature)
+    np.testing.assert_array_equal(c.country, py.country)
+
+
+def test_ipv6_default_route_never_matches_ipv4(engine_impl):
+    sigs = SignatureSet.from_networks(["::/0", "2001:db8::/32"])
+    engine = Engine(sigs, impl=impl_name(engine_impl))
+    result = engine.lookup(["1.2.3.4", "::ffff:1.2.3.4", "::1.2.3.4", "2001:db8::1"])
+    assert result.signature.tolist() == [-1, -1, 0, 1]
+    assert result.is_ipv4.tolist() == [True, True, False, False]
+    assert engine.matches("::ffff:1.2.3.4") == []
+    assert engine.matches("2001:db8::1") == [1, 0]
+    hi = np.array([0, 0], np.uint64)
+    lo = np.array([0xFFFF_0102_0304, 0x0102_0304], np.uint64)
+    assert engine.lookup_ipv6(hi, lo).signature.tolist() == [-1, 0]
+
+
+def test_most_specific_first_ties_by_index(engine_impl):
+    sigs = SignatureSet.from_networks(["10.0.0.0/8", "10.1.0.0/16", "10.1.0.0/16", "10.1.2.3",
+                                       "10.1.2.0-10.1.2.255", "0.0.0.0/0"])
+    engine = Engine(sigs, impl=impl_name(engine_impl))
+    assert engine.matches("10.1.2.3") == [3, 4, 1, 2, 0, 5]
+    assert engine.matches("10.2.0.0") == [0, 5]
+    assert engine.matches("not an address") == []
+    assert engine.lookup(["10.1.2.3", "10.1.9.9", "11.0.0.0"]).signature.tolist() == [3, 1, 5]
+
+
+def test_hit_rows_bitmap(engine_impl):
+    engine = Engine(SignatureSet.from_networks(["192.0.2.0/24"]), impl=impl_name(engine_impl))
+    result = engine.lookup(["192.0.2.1", "x", "198.51.100.1", "192.0.2.255", None])
+    assert list(result.hit_rows()) == [0, 3]
+
+
+def test_two_threads_equal_one_call(engine_impl):
+    rng = np.random.default_rng(7)
+    networks = [f"{v4_text(int(v))}/{int(p)}" for v, p in
+                zip(rng.integers(0, 1 << 32, 3000), rng.integers(8, 33, 3000))]
+    geo = GeoTable.from_ranges(v4=[("0.0.0.0/1", "US"), ("64.0.0.0/3", "DE")])
+    engine = Engine(SignatureSet.from_networks(networks), geo, impl=impl_name(engine_impl))
+    addrs = rng.integers(0, 1 << 32, 20_000, dtype=np.uint64).astype(np.uint32)
+    whole = engine.lookup_ipv4(addrs)
+    halves = [None, None]
+
+    def run(part):
+        halves[part] = engine.lookup_ipv4(addrs[part * 10_000:(part + 1) * 10_000])
+
+    threads = [threading.Thread(target=run, args=(part,)) for part in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    np.testing.assert_array_equal(np.concatenate([h.signature for h in halves]), whole.signature)
+    np.testing.assert_array_equal(np.concatenate([h.country for h in halves]), whole.country)
+    assert (whole.signature >= 0).any() and (whole.country == b"DE").any()
+
+
+def test_numeric_input_is_checked(engine_impl):
+    engine = Engine(SignatureSet.from_networks(["1.0.0.0/8"]), impl=impl_name(engine_impl))
+    assert engine.lookup_ipv4([0x01020304, 5]).signature.tolist() == [0, -1]
+    with pytest.raises(ValueError, match="out of range"):
+        engine.lookup_ipv4(np.array([1 << 32], np.int64))
+    with pytest.raises(ValueError, match="differ in length"):
+        engine.lookup_ipv6(np.zeros(2, np.uint64), np.zeros(3, np.uint64))
+
+
+# --------------------------------------------------------------------------- parser
+
+hextet = st.integers(0, 0xFFFF).map(lambda v: format(v, "x"))
+
+
+@st.composite
+def address_texts(draw):
+    kind = draw(st.integers(0, 6))
+    if kind == 0:
+        return v4_text(draw(v4_values))
+    if kind == 1:
+        return v6_text(draw(v6_values))
+    if kind == 2:  # exploded, upper case, IPv4 tail, zone, brackets
+        value = draw(v6_values)
+        text = ipaddress.IPv6Address(value).exploded
+        if draw(st.booleans()):
+            text = text.upper()
+        if draw(st.booleans()):
+            text = text[:30] + v4_text(value & V4_MAX)
+        if draw(st.booleans()):
+            text += "%" + draw(st.sampled_from(["eth0", "1", "", "a%b", "x:y"]))
+        if draw(st.booleans()):
+            text = f"[{text}]"
+        return text
+    if kind == 3:  # groups joined with random separators
+        parts = draw(st.lists(hextet, min_size=0, max_size=9))
+        seps = draw(st.lists(st.sampled_from([":", "::", ":::", "."]), min_size=len(parts), max_size=len(parts)))
+        text = "".join(p + s for p, s in zip(parts, seps))
+        return draw(st.sampled_from([text, text[:-1], "::" + text, text + "1.2.3.4"]))
+    if kind == 4:  # dotted quads with bad parts
+        parts = draw(st.lists(st.sampled_from(["0", "00", "01", "1", "255", "256", "999", "1000", "", "a"]),
+                              min_size=1, max_size=5))
+        return ".".join(parts)
+    if kind == 5:
+        return draw(st.text(alphabet="0123456789abcdefABCDEFx:.%[] \n", max_size=45))
+    text = draw(address_texts())  # one random edit of a valid address
+    position = draw(st.integers(0, len(text)))
+    edit = draw(st.sampled_from(["", "0", ":", ".", " ", "g", "\u0661"]))
+    return text[:position] + edit + text[position + draw(st.integers(0, 1)):]
+
+
+@given(texts=st.lists(address_texts(), min_size=1, max_size=40))
+@HYPOTHESIS
+def test_parser_matches_ipaddress(engine_impl, texts):
+    parsed = parse_addresses(texts, engine_impl)
+    got = list(zip(parsed.kind.tolist(), parsed.v4.tolist(), parsed.hi.tolist(), parsed.lo.tolist()))
+    assert got == [oracle_parse(t) for t in texts]
+
+
+def test_parser_known_cases(engine_impl):
+    cases = {
+        "1.2.3.4": (4, 0x01020304, 0, 0), "0.0.0.0": (4, 0, 0, 0), "255.255.255.255": (4, V4_MAX, 0, 0),
+        "01.2.3.4": (0, 0, 0, 0), "1.2.3": (0, 0, 0, 0), "1.2.3.4.": (0, 0, 0, 0), " 1.2.3.4": (0, 0, 0, 0),
+        "::": (6, 0, 0, 0), "::1": (6, 0, 0, 1), "1::": (6, 0, 1 << 48, 0),
+        "::ffff:1.2.3.4": (4, 0x01020304, 0, 0), "[::ffff:1.2.3.4]": (4, 0x01020304, 0, 0),
+        "::FFFF:102:304": (4, 0x01020304, 0, 0), "::1.2.3.4": (6, 0, 0, 0x01020304),
+        "fe80::1%eth0": (6, 0, 0xFE80 << 48, 1), "[2001:db8::1]": (6, 0, 0x2001_0DB8 << 32, 1),
+        "1:2:3:4:5:6:7::": (6, 0, 0x0001_0002_0003_0004, 0x0005_0006_0007_0000),
+        "1:2:3:4:5:6:7:8::": (0, 0, 0, 0), ":::": (0, 0, 0, 0), "1:::2": (0, 0, 0, 0),
+        "[1.2.3.4]": (0, 0, 0, 0), "fe80::1%": (0, 0, 0, 0), "[::1": (0, 0, 0, 0), "": (0, 0, 0, 0),
+        "12345::": (0, 0, 0, 0), "1:2:3:4:5:6:1.2.3.4": (6, 0, 0x0001_0002_0003_0004, 0x0005_0006_0102_0304),
+    }
+    parsed = parse_addresses(list(cases), engine_impl)
+    got = list(zip(parsed.kind.tolist(), parsed.v4.tolist(), parsed.hi.tolist(), parsed.lo.tolist()))
+    assert dict(zip(cases, got)) == cases
+    for text, want in cases.items():
+        if not text.startswith("[") and "%" not in text:
+            assert oracle_parse(text) == want, text
+
+
+def test_parser_input_types(engine_impl):
+    texts = ["1.2.3.4", None, "::1", "bad", "::ffff:10.0.0.1", ""]
+    want = [4, 0, 6, 0, 4, 0]
+    arrow = pa.array(texts)
+    variants = [
+        texts,
+        np.array(texts, dtype=object),
+        np.array([t or "" for t in texts]),
+        np.array([(t or "").encode() for t in texts], dtype="S"),
+        arrow,
+        arrow.cast(pa.large_string()),
+        arrow.cast(pa.binary()),
+        pa.chunked_array([arrow[:2], arrow[2:]]),
+        arrow.dictionary_encode(),
+        [1.5, "1.2.3.4"],
+    ]
+    for variant in variants[:-1]:
+        assert parse_addresses(variant, engine_impl).kind.tolist() == want, type(variant)
+    assert parse_addresses(variants[-1], engine_impl).kind.tolist() == [0, 4]
+    # A slice keeps its offset into the parent's buffers and validity bitmap.
+    sliced = pa.array(["x"] * 5 + texts)[5:]
+    assert parse_addresses(sliced, engine_impl).kind.tolist() == want
+    assert parse_addresses([], engine_impl).kind.tolist() == []
+
+
+def test_corrupt_arrow_offsets_raise(engine_impl):
+    data = pa.py_buffer(b"1.2.3.41.2.3.5")
+
+    def arrow(offsets):
+        return pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array(offsets, np.int32).tobytes()), data])
+
+    # pyarrow's own (cheap) validation lets decreasing offsets through: ours must not.
+    for offsets in ([0, 7, 3], [0, 9, 7]):
+        with pytest.raises(InputError, match="offsets"):
+            parse_addresses(arrow(offsets), engine_impl)
+    assert parse_addresses(arrow([0, 7, 14]), engine_impl).v4.tolist() == [0x01020304, 0x01020305]
+    # The native entry point itself checks every offset against the buffer.
+    raw = np.frombuffer(b"1.2.3.41.2.3.5", np.uint8)
+    outputs = (np.zeros(2, np.uint8), np.zeros(2, np.uint32), np.zeros(2, np.uint64), np.zeros(2, np.uint64))
+    for offsets in ([0, 7, 99], [-1, 7, 14], [0, 7, 15]):
+        with pytest.raises(ValueError, match="offsets"):
+            engine_impl.parse_text(np.array(offsets, np.int64), raw, None, 0, *outputs)
+
+
+def test_lookup_parsed_rejects_ragged(engine_impl):
+    engine = Engine(SignatureSet.from_networks([]), impl=impl_name(engine_impl))
+    parsed = ParsedAddresses(np.array([4, 6, 0], np.uint8), np.array([1, 0, 0], np.uint32),
+                             np.zeros(3, np.uint64), np.zeros(2, np.uint64))
+    with pytest.raises(ValueError, match="differ in length"):
+        engine.lookup_parsed(parsed)
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def small_engine(impl):
+    sigs = SignatureSet.from_networks(["1.2.3.0/24", "1.2.3.4", "2001:db8::/32", "9.9.9.9-9.9.10.1"])
+    geo = GeoTable.from_ranges(v4=[("1.0.0.0/8", "AU")], v6=[("2001:db8::/48", "NL")])
+    return Engine(sigs, geo, impl=impl)
+
+
+PROBES = ["1.2.3.4", "1.2.3.5", "1.9.9.9", "2001:db8::1", "2001:db8:1::", "9.9.10.0", "8.8.8.8"]
+
+
+def test_save_load_round_trip(engine_impl, tmp_path):
+    impl = impl_name(engine_impl)
+    engine = small_engine(impl)
+    path = tmp_path / "engine.cstab"
+    engine.save(path)
+    loaded = Engine.load(path, expected_sha256=engine.sha256, impl=impl)
+    assert loaded.implementation == impl
+    before, after = engine.lookup(PROBES), loaded.lookup(PROBES)
+    np.testing.assert_array_equal(before.signature, after.signature)
+    np.testing.assert_array_equal(before.country, after.country)
+    assert after.country.tolist() == [b"AU", b"AU", b"AU", b"NL", b"", b"", b""]
+    assert list(loaded.signatures) == list(engine.signatures)
+    assert loaded.signatures[-1].network == "9.9.9.9-9.9.10.1"
+    for a, b in zip(loaded.signatures.v4_ranges() + loaded.signatures.v6_ranges(),
+                    engine.signatures.v4_ranges() + engine.signatures.v6_ranges()):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.matches("1.2.3.4") == [1, 0]
+    with pytest.raises(CacheError, match="sha256"):
+        Engine.load(path, expected_sha256="0" * 64, impl=impl)
+
+
+def test_truncated_or_flipped_file_raises(engine_impl, tmp_path):
+    impl = impl_name(engine_impl)
+    path = tmp_path / "engine.cstab"
+    small_engine(impl).save(path)
+    raw = path.read_bytes()
+    for damaged in (raw[:len(raw) // 2], raw[:100], raw[:-1],
+                    raw[:300] + bytes([raw[300] ^ 0xFF]) + raw[301:],
+                    raw[:-9] + bytes([raw[-9] ^ 0x01]) + raw[-8:]):
+        path.write_bytes(damaged)
+        with pytest.raises(CacheError):
+            Engine.load(path, impl=impl)
+
+
+def _rewrite(path, edit):
+    """Rewrite a saved engine with one table edited (the checksum stays valid)."""
+    table = read_tables(path, "engine")
+    arrays = {name: np.array(array) for name, array in table.arrays.items()}
+    edit(arrays)
+    write_tables(path, "engine", table.meta, arrays)
+
+
+def _set(name, index, value):
+    def edit(arrays):
+        arrays[name].reshape(-1)[index] = value
+    return edit
+
+
+def _replace(name, value):
+    def edit(arrays):
+        if value is None:
+            del arrays[name]
+        else:
+            arrays[name] = value
+    return edit
+
+
+BAD_TABLES = {
+    "l1 value id": _set("v4_l1", 5, 0x7FFF_FFFF),
+    "l1 segment": _set("v4_l1", 0x0102, 0x8000_FFFF),
+    "segment past end": _set("v4_seg", 1, 1 << 30),
+    "segment empty": _set("v4_seg", 1, 0),
+    "v4 value id": _set("v4_value", 0, 1 << 20),
+    "v4 unsorted": _set("v4_starts", 1, 0),
+    "v6 index": _set("v6_index", 3, 1 << 30),
+    "v6 value id": _set("v6_value", 0, 999),
+    "v6 unsorted": _set("v6_keys", 2, 0),
+    "signature id": _set("values", 0, 0xFFFF_0000_7000_0000),
+    "csr offsets": _set("m4_offsets", -1, 10**9),
+    "csr signature": _set("m6_sigs", 0, 77),
+    "l1 length": _replace("v4_l1", np.zeros(1000, np.uint32)),
+    "dtype": _replace("v4_starts", np.zeros(4, np.int64)),
+    "missing": _replace("v6_value", None),
+    "signature text offsets": _set("sig_network_offsets", 1, 10**6),
+    "signature code": _set("sig_source_code", 0, 99),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(BAD_TABLES))
+def test_bad_offsets_raise_cache_error(engine_impl, tmp_path, fault):
+    impl = impl_name(engine_impl)
+    path = tmp_path / "engine.cstab"
+    small_engine(impl).save(path)
+    _rewrite(path, BAD_TABLES[fault])
+    with pytest.raises(CacheError):
+        Engine.load(path, impl=impl)
+
+
+# --------------------------------------------------------------------------- real data
+
+REAL_SIGNATURES = ["c2/ipsum/ipsum.txt", "c2/firehol/firehol_level4.netset",
+                   "c2/spamhaus/drop-wsock-trace.txt", "c2/spamhaus/dropv6-2025-01-15.txt",
+                   "c2/c2-tracker/2023-12-07/data/all.txt"]
+
+
+@pytest.fixture(scope="module")
+def real_engine_file(tmp_path_factory):
+    """The real signature lists and DB-IP compiled once and saved; the py twin loads the file."""
+    from conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not available at {SHARED_DATA}")
+    sigs = SignatureSet.load([SHARED_DATA / p for p in REAL_SIGNATURES], strict=False)
+    geo = GeoTable.open(SHARED_DATA / "geoip/dbip-country-lite/dbip-country.mmdb",
+                        cache_dir=tmp_path_factory.mktemp("geocache"))
+    engine = Engine(sigs, geo)
+    path = tmp_path_factory.mktemp("engine") / "real.cstab"
+    engine.save(path)
+    return sigs, path
+
+
+@pytest.fixture(scope="module")
+def real_expected(real_engine_file):
+    """Probe addresses and the oracle's matches for each."""
+    sigs, _path = real_engine_file
+    texts = real_probes(sigs, np.random.default_rng(2026))
+    matches = real_oracle(sigs)
+    return texts, [matches(t) for t in texts]
+
+
+def real_oracle(sigs):
+    """Most specific signatures by exact network lookup per prefix length (no tries)."""
+    by_network: dict[tuple[int, int, int], list[int]] = {}
+    ranges = []
+    for index in range(len(sigs)):
+        network = sigs.network(index)
+        if "-" in network:
+            ranges.append((oracle_span(network), index))
+            continue
+        net = ipaddress.ip_network(network)
+        by_network.setdefault((net.version, int(net.network_address), net.prefixlen), []).append(index)
+
+    def matches(text):
+        version, value = oracle_address(text)
+        bits = 32 if version == 4 else 128
+        found = []
+        for prefix in range(bits, -1, -1):
+            base = value >> (bits - prefix) << (bits - prefix)
+            found += [((1 << (bits - prefix)) - 1, i) for i in by_network.get((version, base, prefix), [])]
+        found += [(last - first, i) for (v, first, last), i in ranges
+                  if v == version and first <= value <= last]
+        return [i for _size, i in sorted(found)]
+
+    return matches
+
+
+def real_probes(sigs, rng, n=1500):
+    starts, ends, _ = sigs.v4_ranges()
+    pick = rng.integers(0, len(starts), n)
+    values = np.concatenate([starts[pick], ends[pick], starts[pick].astype(np.int64) - 1,
+                             ends[pick].astype(np.int64) + 1,
+                             rng.integers(0, 1 << 32, n)]).astype(np.int64)
+    values = values[(values >= 0) & (values <= V4_MAX)]
+    texts = [v4_text(int(v)) for v in values]
+    hi, lo, end_hi, end_lo, _ = sigs.v6_ranges()
+    for h, low, eh, el in zip(hi.tolist(), lo.tolist(), end_hi.tolist(), end_lo.tolist()):
+        first, last = h << 64 | low, eh << 64 | el
+        texts += [v6_text(v) for v in (first, last, (first + last) // 2, max(first - 1, 0))]
+    return texts
+
+
+def test_real_data_against_oracle(engine_impl, real_engine_file, real_expected):
+    _sigs, path = real_engine_file
+    texts, expected = real_expected
+    engine = Engine.load(path, impl=impl_name(engine_impl))
+    result = engine.lookup(pa.array(texts))
+    np.testing.assert_array_equal(result.signature, [m[0] if m else -1 for m in expected])
+    assert (result.signature >= 0).mean() > 0.3  # the probes do hit signatures
+    rng = np.random.default_rng(5)
+    for i in rng.choice(len(texts), 300, replace=False):
+        assert engine.matches(texts[i]) == expected[i], texts[i]
+
+
+def test_real_countries_equal_golden_lookups(engine_impl, real_engine_file, shared_data):
+    _sigs, path = real_engine_file
+    engine = Engine.load(path, impl=impl_name(engine_impl))
+    golden = shared_data / "geoip/dbip-country-lite/golden-lookups-dbip-2026-06.tsv"
+    rows = [line.split("\t") for line in golden.read_text().splitlines()[1:] if line]
+    ips = [row[0] for row in rows]
+    want = np.array([row[2].encode() if len(row) > 2 else b"" for row in rows], "S2")
+    result = engine.lookup(ips)
+    assert result.valid.all()
+    np.testing.assert_array_equal(result.country, want)
+    assert len(rows) == 8000 and (want != b"").sum() > 7000

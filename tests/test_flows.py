@@ -1,0 +1,338 @@
+"""The flow pipeline end to end: for every format, a generated file with planted C2 hits
+gives exactly the findings computed independently here with Python's ipaddress."""
+from __future__ import annotations
+
+import csv
+import gzip
+import ipaddress
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from connscan import cli
+from connscan.engine import Engine
+from connscan.flows import DEFAULT_HOME_NETS, aggregate, evaluate_flow_batch, home_engine_for, scan_paths
+from connscan.rules import Evaluator, RuleConfig
+from connscan.signatures import SignatureSet
+from connscan.sources import BATCH_SCHEMA, ReaderOptions
+
+HOME = [ipaddress.ip_network(n) for n in DEFAULT_HOME_NETS]
+EPOCH = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+SAFE_PORTS = [22, 53, 80, 443, 8080]  # none of them is a built-in suspicious port
+
+
+def _random_address(rng) -> str:
+    pick = rng.integers(0, 10)
+    if pick < 3:
+        return f"10.{rng.integers(0, 256)}.{rng.integers(0, 256)}.{rng.integers(1, 255)}"
+    if pick < 4:
+        return f"192.168.{rng.integers(0, 256)}.{rng.integers(1, 255)}"
+    if pick < 5:
+        return str(ipaddress.IPv6Address((0x2A00 << 112) | int(rng.integers(0, 2**62))))
+    if pick < 6:
+        return f"fd00::{rng.integers(1, 65535):x}"
+    return str(ipaddress.IPv4Address(int(rng.integers(0x0B000000, 0xDF000000))))
+
+
+def make_flows(n: int = 600, seed: int = 7):
+    """(flows, c2 networks): random public/private flows, ~5% with a planted C2 endpoint."""
+    rng = np.random.default_rng(seed)
+    c2 = ["45.9.148.0/24", "185.220.101.7", "2a0e:fe40::/32", "91.92.240.12"]
+    planted = ["45.9.148.33", "185.220.101.7", "2a0e:fe40::beef", "91.92.240.12", "45.9.148.200"]
+    flows = []
+    for i in range(n):
+        src, dst = _random_address(rng), _random_address(rng)
+        if rng.random() < 0.05:
+            if rng.random() < 0.5:
+                dst = planted[rng.integers(0, len(planted))]
+            else:
+                src = planted[rng.integers(0, len(planted))]
+        sport = int(rng.integers(1024, 4000))
+        dport = SAFE_PORTS[rng.integers(0, len(SAFE_PORTS))]
+        proto = ["tcp", "udp"][i % 2]
+        start = EPOCH + timedelta(seconds=i, microseconds=int(rng.integers(0, 1000)) * 1000)
+        flows.append((src, dst, sport, dport, proto, start))
+    return flows, c2
+
+
+def expected_findings(flows, c2):
+    """Independent computation of the findings' (row, lip, lport, rip, rport, direction)."""
+    nets = [ipaddress.ip_network(n, strict=False) for n in c2]
+
+    def is_home(a):
+        return any(a.version == n.version and a in n for n in HOME)
+
+    def is_c2(a):
+        return any(a.version == n.version and a in n for n in nets)
+
+    out = set()
+    for row, (src, dst, sport, dport, _, _) in enumerate(flows, 1):
+        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        if not (is_c2(s) or is_c2(d)):
+            continue
+        if is_home(d) and not is_home(s):
+            out.add((row, dst, dport, src, sport, "inbound"))
+        else:
+            out.add((row, src, sport, dst, dport, "outbound" if is_home(s) else "unknown"))
+    return out
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def write_nfdump(path, flows):
+    header = "ts,te,td,sa,da,sp,dp,pr,flg,fwd,stos,ipkt,ibyt,opkt,obyt,in,out,sas,das,smk,dmk,dtos,dir,nh,nhb,svln,dvln,ismc,odmc,idmc,osmc,mpls1,mpls2,mpls3,mpls4,mpls5,mpls6,mpls7,mpls8,mpls9,mpls10,cl,sl,al,ra,eng,exid,tr"
+    rest = ",".join(["0"] * 40)
+    with open(path, "w") as f:
+        f.write(header + "\n")
+        for src, dst, sp, dp, proto, start in flows:
+            ts = start.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+            f.write(f"{ts},{ts},0.000,{src},{dst},{sp},{dp},{proto.upper()},{rest}\n")
+        f.write("Summary\nflows,bytes,packets,avg_bps,avg_pps,avg_bpp\n1,2,3,4,5,6\n")
+
+
+def write_nfdump_fast(path, flows):
+    with open(path, "w") as f:
+        f.write("cnt,af,firstSeen,lastSeen,proto,srcAddr,srcPort,dstAddr,dstPort,srcAS,dstAS,input,output,flags,srcTos,packets,bytes\n")
+        for i, (src, dst, sp, dp, proto, start) in enumerate(flows, 1):
+            ms = int(start.timestamp() * 1000)
+            f.write(f"{i},2,{ms},{ms},{6 if proto == 'tcp' else 17},{src},{sp},{dst},{dp},0,0,0,0,........,0,1,1\n")
+
+
+def write_zeek_tsv(path, flows):
+    with open(path, "w") as f:
+        f.write("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n")
+        f.write("#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tservice\n")
+        f.write("#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tstring\n")
+        for src, dst, sp, dp, proto, start in flows:
+            f.write(f"{start.timestamp():.6f}\tCx\t{src}\t{sp}\t{dst}\t{dp}\t{proto}\t-\n")
+        f.write("#close\t2024-03-01-13-00-00\n")
+
+
+def write_zeek_json(path, flows):
+    with open(path, "w") as f:
+        for src, dst, sp, dp, proto, start in flows:
+            f.write(json.dumps({"ts": start.timestamp(), "id.orig_h": src, "id.orig_p": sp, "id.resp_h": dst, "id.resp_p": dp, "proto": proto}) + "\n")
+
+
+def write_suricata(path, flows):
+    with open(path, "w") as f:
+        for src, dst, sp, dp, proto, start in flows:
+            stamp = start.strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+            event = {"timestamp": stamp, "event_type": "flow", "src_ip": src, "src_port": sp, "dest_ip": dst, "dest_port": dp, "proto": proto.upper(), "flow": {"start": stamp}}
+            f.write(json.dumps(event) + "\n")
+
+
+def write_aws(path, flows):
+    with open(path, "w") as f:
+        f.write("version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status\n")
+        for src, dst, sp, dp, proto, start in flows:
+            secs = int(start.timestamp())
+            f.write(f"2 123456789012 eni-0a1b {src} {dst} {sp} {dp} {6 if proto == 'tcp' else 17} 1 60 {secs} {secs + 5} ACCEPT OK\n")
+
+
+def write_csv(path, flows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["src_ip", "dst_ip", "src_port", "dst_port", "protocol", "timestamp"])
+        for src, dst, sp, dp, proto, start in flows:
+            writer.writerow([src, dst, sp, dp, proto, start.isoformat()])
+
+
+def _table(flows):
+    return pa.table(
+        {
+            "srcaddr": [f[0] for f in flows],
+            "dstaddr": [f[1] for f in flows],
+            "srcport": [f[2] for f in flows],
+            "dstport": [f[3] for f in flows],
+            "protocol": [f[4] for f in flows],
+            "start": pa.array([f[5] for f in flows], pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+def write_parquet(path, flows):
+    pq.write_table(_table(flows), path, row_group_size=128)
+
+
+def write_arrow(path, flows):
+    import pyarrow.ipc as ipc
+
+    table = _table(flows)
+    with ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table, max_chunksize=100)
+
+
+def write_nfdump_gz(path, flows):
+    plain = path.with_suffix(".plain")
+    write_nfdump(plain, flows)
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+
+
+# writer, detected format, start precision in microseconds (None: no start)
+WRITERS = {
+    "nfdump-csv": (write_nfdump, "nfdump-csv", 1000),
+    "nfdump-csv-gz": (write_nfdump_gz, "nfdump-csv", 1000),
+    "nfdump-csv-fast": (write_nfdump_fast, "nfdump-csv-fast", 1000),
+    "zeek-tsv": (write_zeek_tsv, "zeek-tsv", 1),
+    "zeek-json": (write_zeek_json, "zeek-json", 1),
+    "suricata-eve": (write_suricata, "suricata-eve", 1),
+    "aws-vpc": (write_aws, "aws-vpc", 1_000_000),
+    "csv": (write_csv, "csv", 1),
+    "parquet": (write_parquet, "parquet", 1),
+    "arrow": (write_arrow, "arrow", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def c2_evaluator():
+    flows, c2 = make_flows()
+    engine = Engine(SignatureSet.from_networks(c2, description="planted C2"), None)
+    config = RuleConfig(relevant_countries=(), suspicious_ports={})
+    return flows, c2, Evaluator(engine, config, hostname="testhost")
+
+
+@pytest.mark.parametrize("kind", sorted(WRITERS))
+def test_end_to_end_findings_equal_independent_computation(tmp_path, c2_evaluator, kind):
+    flows, c2, evaluator = c2_evaluator
+    write, fmt, precision = WRITERS[kind]
+    path = tmp_path / f"flows-{kind}"
+    write(path, flows)
+    found = []
+    run = scan_paths([str(path)], evaluator, home_engine_for(), options=ReaderOptions(tz="UTC", batch_rows=100), on_findings=found.extend)
+    assert run.files[0].format == fmt and not run.files[0].errors
+    got = {(f.row, f.lip, f.lport, f.rip, f.rport, f.direction) for f in found}
+    expected = expected_findings(flows, c2)
+    assert len(expected) >= 15
+    assert got == expected
+    assert len(found) == len(expected)
+    assert {f.file for f in found} == {str(path)}
+    assert run.stats.records_read == run.stats.records_scanned == len(flows)
+    for f in found:
+        assert f.level == "Alert" and f.reasons[0].kind == "c2"
+        true_start = flows[f.row - 1][5]
+        assert abs((f.start - true_start) / timedelta(microseconds=1)) < precision
+
+
+def test_home_net_decides_local_side():
+    engine = Engine(SignatureSet.from_networks(["203.0.113.0/24", "10.9.9.9"]), None)
+    evaluator = Evaluator(engine, RuleConfig(relevant_countries=(), suspicious_ports={}), hostname="h")
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "src": ["203.0.113.5", "10.0.0.1", "10.0.0.2", "198.51.100.1", "not-an-ip", "10.9.9.9"],
+            "dst": ["10.0.0.1", "203.0.113.6", "10.9.9.9", "203.0.113.7", "203.0.113.8", "10.0.0.3"],
+            "sport": [4000, 4001, 4002, 4003, 4004, 4005],
+            "dport": [22, 443, 445, 80, 80, 53],
+            "proto": ["tcp"] * 6,
+            "start": [None] * 6,
+            "row": [1, 2, 3, 4, 5, 6],
+        },
+        schema=BATCH_SCHEMA,
+    )
+    rejects = []
+    findings = evaluate_flow_batch(batch, evaluator, home_engine_for(), "f.csv", rejects)
+    got = sorted((f.row, f.lip, f.rip, f.lport, f.rport, f.direction) for f in findings)
+    assert got == [
+        (1, "10.0.0.1", "203.0.113.5", 22, 4000, "inbound"),  # only the destination is home
+        (2, "10.0.0.1", "203.0.113.6", 4001, 443, "outbound"),
+        (3, "10.0.0.2", "10.9.9.9", 4002, 445, "outbound"),  # both home: the source is local
+        (4, "198.51.100.1", "203.0.113.7", 4003, 80, "unknown"),  # neither home: the source
+        (6, "10.9.9.9", "10.0.0.3", 4005, 53, "outbound"),  # C2 on the local side is found too
+    ]
+    assert [r[:2] for r in rejects] == [(5, "invalid source address")]
+    # a custom home network moves the local side
+    findings = evaluate_flow_batch(batch, evaluator, home_engine_for(["198.51.100.0/24"]), "f.csv")
+    assert {(f.row, f.direction) for f in findings if f.row == 4} == {(4, "outbound")}
+
+
+def test_aggregate_groups_and_counts(c2_evaluator, tmp_path):
+    flows, c2, evaluator = c2_evaluator
+    path = tmp_path / "flows.tsv"
+    write_zeek_tsv(path, flows)
+    found = []
+    scan_paths([str(path)], evaluator, home_engine_for(), on_findings=found.extend)
+    groups = aggregate(found)
+    expected: dict = {}
+    for f in found:
+        key = (f.lip, f.rip, f.rport)
+        expected.setdefault(key, []).append(f.start)
+    assert {(g.lip, g.rip, g.rport): (g.count, g.first_seen, g.last_seen) for g in groups} == {
+        k: (len(v), min(v), max(v)) for k, v in expected.items()
+    }
+    assert all(g.row is None for g in groups)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli(tmp_path, *args):
+    out, stats, rejects = tmp_path / "out.jsonl", tmp_path / "stats.json", tmp_path / "rejects.jsonl"
+    code = cli.main(["flows", "--format", "jsonl", "--output", str(out), "--stats", str(stats), "--rejects", str(rejects), "--relevant-countries", "", "--progress", "never", *args])
+    lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return code, lines, json.loads(stats.read_text()) if stats.exists() else None, rejects
+
+
+def test_cli_flows_accounts_for_every_record(tmp_path, c2_evaluator):
+    flows, c2, _ = c2_evaluator
+    iocs = tmp_path / "iocs.txt"
+    iocs.write_text("\n".join(c2) + "\n")
+    data = tmp_path / "in"
+    data.mkdir()
+    write_zeek_tsv(data / "conn.log", flows)
+    bad = data / "z-bad.csv"
+    write_nfdump(bad, flows[:10])
+    text = bad.read_text().splitlines()
+    text[3] = text[3].replace(",", ";", 5)  # wrong number of fields
+    bad.write_text("\n".join(text) + "\n")
+    (data / "notes.txt").write_text("not a flow file\n")
+    code, lines, stats, rejects = _cli(tmp_path, "--iocs", str(iocs), "--tz", "UTC", str(data))
+    in_bad = {e for e in expected_findings(flows[:10], c2) if e[0] != 3}
+    assert code == 1  # Alert findings
+    assert len(lines) == len(expected_findings(flows, c2)) + len(in_bad)
+    assert {(line["row"], line["lip"], line["lport"], line["rip"], line["rport"], line["direction"]) for line in lines if line["file"] == str(bad)} == in_bad
+    assert {"file", "row", "start", "lip", "rip", "reasons"} <= set(lines[0])
+    assert "pid" not in lines[0]
+    assert stats["records_read"] == len(flows) + 10
+    assert stats["records_scanned"] == len(flows) + 9
+    assert stats["records_rejected"] == {"expected 48 fields, got 43": 1}
+    assert set(stats["files"]) == {str(data / "conn.log"), str(bad), str(data / "notes.txt")}
+    assert stats["files"][str(bad)]["records_rejected"] == {"expected 48 fields, got 43": 1}
+    assert "unknown flow format" in stats["files"][str(data / "notes.txt")]["errors"][0]
+    rejected = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["file"], r["row"]) for r in rejected] == [(str(bad), 3)]
+
+
+def test_cli_flows_aggregate_and_nothing_scanned(tmp_path, c2_evaluator):
+    flows, c2, _ = c2_evaluator
+    iocs = tmp_path / "iocs.txt"
+    iocs.write_text("\n".join(c2) + "\n")
+    write_zeek_tsv(tmp_path / "conn.log", flows)
+    code, lines, stats, _ = _cli(tmp_path, "--iocs", str(iocs), "--aggregate", str(tmp_path / "conn.log"))
+    assert code == 1
+    assert sum(line["count"] for line in lines) == len(expected_findings(flows, c2))
+    assert all("first_seen" in line and "last_seen" in line for line in lines)
+    (tmp_path / "empty.log").write_text("")
+    code, lines, stats, _ = _cli(tmp_path, str(tmp_path / "empty.log"))
+    assert code == 3 and lines == [] and stats["records_scanned"] == 0
+
+
+def test_cli_flows_stdin(tmp_path, c2_evaluator, monkeypatch):
+    import io
+    import sys
+
+    flows, c2, _ = c2_evaluator
+    iocs = tmp_path / "iocs.txt"
+    iocs.write_text("\n".join(c2) + "\n")
+    write_suricata(tmp_path / "eve.json", flows)
+    fake = io.TextIOWrapper(io.BytesIO(gzip.compress((tmp_path / "eve.json").read_bytes())))
+    monkeypatch.setattr(sys, "stdin", fake)
+    code, lines, stats, _ = _cli(tmp_path, "--iocs", str(iocs), "-")
+    assert code == 1 and len(lines) == len(expected_findings(flows, c2))
+    assert lines[0]["file"] == "<stdin>"

@@ -1,0 +1,552 @@
+"""Flow readers: every format -> the contract batch, with every record accounted for.
+
+Expected values come from independent parses of the same files (Python's csv/json modules,
+plain string splitting), never from the readers under test.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import ipaddress
+import json
+import lzma
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connscan.errors import InputError
+from connscan.sources import BATCH_SCHEMA, ReaderOptions, detect_format, open_source
+from connscan.sources._batch import proto_name
+from conftest import TEST_DATA, impl_fixture
+
+FLOWS = "flows"
+flowparse = impl_fixture("flowparse")
+
+
+def read_all(path, input_format=None, options=None, **kw):
+    """(format, table of every batch, account) of one input."""
+    source = open_source(path, input_format, options, **kw)
+    batches = list(source.batches())
+    for batch in batches:
+        assert batch.schema == BATCH_SCHEMA
+    table = pa.Table.from_batches(batches, schema=BATCH_SCHEMA)
+    return source.format, table, source.account
+
+
+def accounted(account) -> bool:
+    return account.records_read == account.records_scanned + sum(account.rejected.values()) + sum(account.skipped.values())
+
+
+def iso(micros_or_dt):
+    return micros_or_dt
+
+
+# --------------------------------------------------------------------------- native extractor
+
+
+def _oracle(block: bytes, delimiter: int, ncols: int, wanted, comment: int):
+    """Independent expectation: what each non-blank line should give."""
+    status, fields_out = [], [[] for _ in wanted]
+    for raw in block.split(b"\n"):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if not line:
+            continue
+        if comment >= 0 and line[0] == comment:
+            status.append(1)
+            continue
+        parts = line.split(bytes([delimiter]))
+        if len(parts) != ncols:
+            status.append(2)
+        elif any(not all(32 <= b < 127 for b in parts[c]) for c in wanted):
+            status.append(3)
+        else:
+            status.append(0)
+            for j, c in enumerate(wanted):
+                fields_out[j].append(parts[c])
+    return status, fields_out
+
+
+def _columns(columns):
+    out = []
+    for offsets, data in columns:
+        data = bytes(data)
+        out.append([data[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)])
+    return out
+
+
+line_bytes = st.lists(st.sampled_from([b"a", b"1", b".", b":", b",", b"\t", b" ", b"\r", b"#", b"\xff", b"\x00", b"\n"]), max_size=30)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(line_bytes, max_size=20), ncols=st.integers(1, 4), delim=st.sampled_from([b",", b"\t"]), data=st.data())
+def test_split_fields_matches_oracle_on_random_blocks(flowparse, pieces, ncols, delim, data):
+    block = b"".join(b"".join(p) for p in pieces)
+    wanted = data.draw(st.lists(st.integers(0, ncols - 1), unique=True, min_size=1, max_size=ncols))
+    comment = data.draw(st.sampled_from([-1, ord("#")]))
+    status, starts, ends, nfields, columns, bad_slot = flowparse.split_fields(block, delim[0], ncols, np.array(wanted, np.int32), comment)
+    exp_status, exp_fields = _oracle(block, delim[0], ncols, wanted, comment)
+    assert status.tolist() == exp_status
+    assert _columns(columns) == exp_fields
+    assert set(bad_slot.tolist()) <= {-1}
+    # line boundaries point at the lines themselves
+    lines = [raw[:-1] if raw.endswith(b"\r") else raw for raw in block.split(b"\n")]
+    assert [block[s:e] for s, e in zip(starts, ends)] == [line for line in lines if line]
+
+
+typed_field = st.one_of(
+    st.integers(0, 70000).map(lambda v: str(v).encode()),
+    st.sampled_from([b"", b"-", b"X", b" 80", b"1e3", b"007", b"XXXXXXXXXX.XXXXXX", b"1700000000.", b"12.3456789"]),
+    st.datetimes(datetime(1900, 1, 1), datetime(2200, 1, 1)).map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S.%f").encode()),
+    st.datetimes(datetime(1960, 1, 1), datetime(2100, 1, 1)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S").encode()),
+    st.sampled_from([b"2023-02-29 00:00:00", b"2024-13-01 00:00:00", b"2024-01-01 24:00:00", b"2024-01-01 00:00:00.1234567890"]),
+    st.floats(0, 4e9).map(lambda f: f"{f:.6f}".encode()),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.lists(typed_field, min_size=3, max_size=3), max_size=15), kinds=st.lists(st.integers(0, 4), min_size=3, max_size=3))
+def test_typed_columns_native_equals_twin(rows, kinds):
+    from connscan import _native
+
+    if len(_native.implementations("flowparse")) < 2:
+        pytest.skip("compiled extractor not built")
+    block = b"".join(b",".join(r) + b"\n" for r in rows)
+    c, py = (_native.load("flowparse", impl=i).split_fields(block, ord(","), 3, np.array([2, 0, 1], np.int32), -1, kinds) for i in ("c", "py"))
+    for a, b in zip(c[:4] + c[5:], py[:4] + py[5:]):
+        assert a.tolist() == b.tolist()
+    for kind, a, b in zip(kinds, c[4], py[4]):
+        if kind == 1:
+            assert a.tolist() == b.tolist()
+        else:
+            assert [x.tolist() for x in a] == [x.tolist() for x in b]
+
+
+def test_typed_columns_against_independent_values(flowparse):
+    block = (b"2024-02-29 23:59:59.5,80,1700000000.25\n"
+             b"2023-02-29 00:00:00,-,XXXXXXXXXX.XXXXXX\n"
+             b"1970-01-01T00:00:00,99999,12\n"
+             b"1969-12-31 23:59:59.999999,65535,1.\n")
+    status, _, _, _, columns, bad_slot = flowparse.split_fields(block, ord(","), 3, np.array([0, 1, 2], np.int32), -1, [2, 1, 3])
+    assert status.tolist() == [0, 0, 4, 0] and bad_slot.tolist() == [-1, -1, 1, -1]
+    times, valid = columns[0]
+    expected = [datetime(2024, 2, 29, 23, 59, 59, 500000, tzinfo=timezone.utc), None, datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)]
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert [epoch + timedelta(microseconds=t.item()) if v else None for t, v in zip(times, valid)] == expected
+    assert columns[1].tolist() == [80, -1, 65535]
+    assert [int(t) if v else None for t, v in zip(*columns[2])] == [1700000000250000, None, 1000000]
+
+
+def test_split_fields_rejects_bad_arguments(flowparse):
+    with pytest.raises(ValueError):
+        flowparse.split_fields(b"a,b\n", ord(","), 2, np.array([2], np.int32))
+    with pytest.raises(ValueError):
+        flowparse.split_fields(b"a,b\n", ord(","), 0, np.array([0], np.int32))
+    with pytest.raises(ValueError):
+        flowparse.split_fields(b"a,b\n", 300, 2, np.array([0], np.int32))
+
+
+def test_split_fields_native_equals_twin_on_real_nfdump(shared_data):
+    from connscan import _native
+
+    impls = _native.implementations("flowparse")
+    if len(impls) < 2:
+        pytest.skip("compiled extractor not built")
+    block = (shared_data / FLOWS / "netflow-softflowd-from-zeek-traces" / "nfdump-v9.csv").read_bytes()
+    wanted = np.array([0, 3, 4, 5, 6, 7], np.int32)
+    kinds = [2, 0, 0, 1, 1, 0]
+    c, py = (_native.load("flowparse", impl=i).split_fields(block, ord(","), 48, wanted, -1, kinds) for i in ("c", "py"))
+    for a, b in zip(c[:4] + c[5:], py[:4] + py[5:]):
+        assert a.tolist() == b.tolist()
+    assert _columns(c[4][1:3]) == _columns(py[4][1:3])
+    assert c[4][3].tolist() == py[4][3].tolist()
+    assert c[4][0][0].tolist() == py[4][0][0].tolist()
+
+
+# --------------------------------------------------------------------------- nfdump
+
+
+def _nfdump_expected(path: Path):
+    """Independent parse with the csv module: data rows until the Summary footer."""
+    rows = []
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        for fields in reader:
+            if fields == ["Summary"]:
+                break
+            if fields:
+                rows.append(dict(zip(header, fields)))
+    return rows
+
+
+def _proto(text):
+    return proto_name(text)
+
+
+@pytest.mark.parametrize("name", ["nfdump-v5.csv", "nfdump-v9.csv", "nfdump-ipfix.csv"])
+def test_nfdump_csv_real_exports(shared_data, name):
+    path = shared_data / FLOWS / "netflow-softflowd-from-zeek-traces" / name
+    fmt, table, account = read_all(path, options=ReaderOptions(tz="Europe/Berlin"))
+    expected = _nfdump_expected(path)
+    assert fmt == "nfdump-csv"
+    assert table.num_rows == len(expected) and account.records_read == len(expected)  # footer is not data
+    assert accounted(account) and not account.rejected
+    assert table.column("src").to_pylist() == [r["sa"] for r in expected]
+    assert table.column("dst").to_pylist() == [r["da"] for r in expected]
+    assert table.column("sport").to_pylist() == [int(r["sp"]) for r in expected]
+    assert table.column("dport").to_pylist() == [int(r["dp"]) for r in expected]
+    assert table.column("row").to_pylist() == list(range(1, len(expected) + 1))
+    berlin = ZoneInfo("Europe/Berlin")
+    first = datetime.strptime(expected[0]["ts"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=berlin)
+    assert table.column("start")[0].as_py() == first.astimezone(timezone.utc)
+
+
+def test_nfdump_footer_fixture_and_protocol_names():
+    fmt, table, account = read_all(TEST_DATA / FLOWS / "nfdump-v5-tail.csv", options=ReaderOptions(tz="UTC"))
+    assert fmt == "nfdump-csv"
+    assert table.num_rows == 30 and account.records_read == 30
+    assert set(table.column("proto").to_pylist()) <= {"tcp", "udp", "icmp", "igmp", "icmp6"} | {str(i) for i in range(256)}
+    assert table.column("start")[0].as_py() == datetime(2021, 3, 4, 11, 6, 11, tzinfo=timezone.utc) or table.column("start")[0].as_py().year == 2021
+
+
+def test_nfdump_csv_fast(tmp_path):
+    path = tmp_path / "fast.csv"
+    path.write_text(
+        "cnt,af,firstSeen,lastSeen,proto,srcAddr,srcPort,dstAddr,dstPort,srcAS,dstAS,input,output,flags,srcTos,packets,bytes\n"
+        "1,2,1700000000123,1700000001000,6,192.0.2.1,1234,198.51.100.7,443,0,0,0,0,........,0,1,60\n"
+        "2,10,1700000000500,1700000001000,17,2001:db8::1,53,2001:db8::2,5353,0,0,0,0,........,0,1,60\n"
+    )
+    fmt, table, account = read_all(path)
+    assert fmt == "nfdump-csv-fast"
+    assert table.column("proto").to_pylist() == ["tcp", "udp"]
+    assert table.column("start")[0].as_py() == datetime.fromtimestamp(1700000000.123, timezone.utc)
+    assert table.column("dport").to_pylist() == [443, 5353]
+
+
+def test_malformed_rows_are_rejected_with_their_row(tmp_path):
+    header = "ts,te,td,sa,da,sp,dp,pr"
+    lines = [
+        "2024-01-01 00:00:00,x,0,10.0.0.1,8.8.8.8,1000,53,UDP",
+        "2024-01-01 00:00:01,x,0,10.0.0.1,8.8.8.8,1000",  # short
+        "",  # blank: not a record
+        "2024-01-01 00:00:02,x,0,10.0.0.1,8.8.8.8,99999,53,UDP",  # port out of range
+        "2024-01-01 00:00:03,x,0,10.0.0.2,1.1.1.1,1001,abc,TCP",  # port not a number
+        "2024-01-01 00:00:04,x,0,10.0.0.3,9.9.9.9,-,443,TCP",  # unset port
+    ]
+    path = tmp_path / "bad.csv"
+    path.write_text(header + "\n" + "\n".join(lines) + "\nSummary\nflows,bytes\n1,2\n")
+    fmt, table, account = read_all(path, options=ReaderOptions(tz="UTC"))
+    assert table.column("row").to_pylist() == [1, 5]
+    assert table.column("sport").to_pylist() == [1000, -1]
+    rejects = sorted((row, reason) for row, reason, _ in account.take_rejects())
+    assert rejects == [(2, "expected 8 fields, got 6"), (3, "invalid sport"), (4, "invalid dport")]
+    assert account.records_read == 5 and accounted(account)
+
+
+# --------------------------------------------------------------------------- Zeek
+
+
+def _zeek_expected(path: Path):
+    """Independent TSV parse: #fields names, data lines until #close; '-' unset."""
+    names, rows = None, []
+    for line in path.read_text().splitlines():
+        if line.startswith("#fields"):
+            names = line.split("\t")[1:]
+        elif line.startswith("#") or not line:
+            continue
+        else:
+            rows.append(dict(zip(names, line.split("\t"))))
+    return rows
+
+
+def _port(text):
+    return -1 if text in ("-", "") else int(text)
+
+
+def test_zeek_conn_log_real(shared_data):
+    path = shared_data / FLOWS / "zeek-malware-conn" / "trickbot-2018-11-conn.log"
+    fmt, table, account = read_all(path)
+    expected = _zeek_expected(path)
+    assert fmt == "zeek-tsv" and len(expected) == 13001
+    assert table.num_rows == len(expected) and accounted(account)
+    assert table.column("src").to_pylist() == [r["id.orig_h"] for r in expected]
+    assert table.column("dst").to_pylist() == [r["id.resp_h"] for r in expected]
+    assert table.column("sport").to_pylist() == [_port(r["id.orig_p"]) for r in expected]
+    assert table.column("dport").to_pylist() == [_port(r["id.resp_p"]) for r in expected]
+    assert table.column("proto").to_pylist() == [r["proto"] for r in expected]
+    micros = [round(float(r["ts"]) * 1e6) for r in expected]
+    got = table.column("start").cast(pa.int64()).to_pylist()
+    assert got == micros
+
+
+def test_zeek_masked_timestamps_fixture():
+    fmt, table, account = read_all(TEST_DATA / FLOWS / "core.history-flip__conn.log")
+    assert fmt == "zeek-tsv"
+    assert table.num_rows == 1 and account.records_read == 1
+    assert table.column("start").null_count == 1  # XXXXXXXXXX.XXXXXX is not a time
+    assert table.column("src").to_pylist() == ["141.42.64.125"]
+    assert table.column("dport").to_pylist() == [80]
+
+
+def test_zeek_without_fields_header_fixture():
+    fmt, table, account = read_all(TEST_DATA / FLOWS / "scripts.base.protocols.postgresql.greenhouse-app__conn.log")
+    assert fmt == "zeek-tsv"
+    assert table.column("src").to_pylist() == ["172.21.0.8", "172.21.0.9"]
+    assert table.column("dport").to_pylist() == [5432, 5432]
+    assert table.column("proto").to_pylist() == ["", ""]  # no proto column: unknown
+
+
+def test_zeek_without_addresses_is_a_clear_error():
+    with pytest.raises(InputError, match="id.orig_h"):
+        read_all(TEST_DATA / FLOWS / "core.reporter-limit-reached-weird__conn.log")
+
+
+def test_every_zeek_btest_baseline(shared_data):
+    """Each of the 211 files: read completely, or refused with a reason naming the columns."""
+    read = refused = 0
+    for path in sorted((shared_data / FLOWS / "zeek-btest-baselines" / "tsv").iterdir()):
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l and not l.startswith("#")]
+        has_fields = any(l.startswith("#fields") for l in path.read_text(errors="replace").splitlines())
+        try:
+            _, table, account = read_all(path)
+        except InputError as exc:
+            assert "id.orig_h" in str(exc) or "unknown flow format" in str(exc), str(exc)
+            refused += 1
+            continue
+        data_lines = len(lines) if has_fields else len(lines) - 1  # minus the header line
+        assert account.records_read == data_lines, path.name
+        assert accounted(account)
+        read += 1
+    assert read >= 140 and refused >= 1
+
+
+def test_zeek_json_equals_zeek_tsv(shared_data):
+    """The same ssl log in both Zeek encodings gives the same flows."""
+    base = shared_data / FLOWS / "zeek-wrccdc-brimdata"
+    fmt_tsv, tsv, _ = read_all(base / "zeek-default_ssl.log.gz")
+    fmt_json, js, account = read_all(base / "zeek-json_ssl.json.gz")
+    assert (fmt_tsv, fmt_json) == ("zeek-tsv", "zeek-json")
+    assert js.num_rows == tsv.num_rows == 49474 and accounted(account)
+    for name in ("src", "dst", "sport", "dport", "row"):
+        assert js.column(name).to_pylist() == tsv.column(name).to_pylist(), name
+    # TSV epoch seconds and JSON ISO text agree to the microsecond
+    assert js.column("start").cast(pa.int64()).to_pylist() == tsv.column("start").cast(pa.int64()).to_pylist()
+
+
+# --------------------------------------------------------------------------- Suricata, AWS
+
+
+@pytest.mark.parametrize("name", ["eve-MAGNC-suricata_data_training-2023-02-28.json", "eve-alaajili-EVE-Json-Parser-2022-11-18.json"])
+def test_suricata_eve_real(shared_data, name):
+    path = shared_data / FLOWS / "suricata-eve" / name
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with_addresses = [e for e in events if "src_ip" in e and "dest_ip" in e]
+    fmt, table, account = read_all(path)
+    assert fmt == "suricata-eve"
+    assert table.column("src").to_pylist() == [e["src_ip"] for e in with_addresses]
+    assert table.column("dport").to_pylist() == [e.get("dest_port", -1) for e in with_addresses]
+    assert sum(account.skipped.values()) == len(events) - len(with_addresses)
+    assert accounted(account) and account.records_read == len(events)
+    flows_only = [e for e in with_addresses if e["event_type"] == "flow"]
+    _, table, account = read_all(path, options=ReaderOptions(event_types=frozenset({"flow"})))
+    assert table.num_rows == len(flows_only) and accounted(account)
+    if flows_only:
+        start = datetime.fromisoformat(flows_only[0]["flow"]["start"])
+        assert table.column("start")[0].as_py() == start
+
+
+def test_aws_vpc_samples(shared_data):
+    base = shared_data / FLOWS / "aws-vpc-flow-samples"
+    fmt, table, account = read_all(base / "test-extra-samples.log")
+    assert fmt == "aws-vpc"
+    assert dict(account.skipped) == {"NODATA": 1, "SKIPDATA": 1}  # counted, not errors
+    assert not account.rejected and accounted(account) and account.records_read == 7
+    assert table.column("src").to_pylist()[1:3] == ["78.24.182.42", "78.24.182.42"]
+    assert table.column("proto").to_pylist()[:2] == ["tcp", "tcp"]
+    assert table.column("row").to_pylist() == [1, 4, 5, 6, 7]
+    assert table.column("start")[1].as_py() == datetime.fromtimestamp(1418530010, timezone.utc)
+    fmt, table, account = read_all(base / "test-ecs-samples.log")
+    assert table.num_rows == 4 and dict(account.skipped) == {"NODATA": 4, "SKIPDATA": 2}
+    fmt, table, account = read_all(base / "test-v5-all-fields.log")
+    assert table.column("dport").to_pylist() == [33004]
+
+
+def test_aws_custom_format_from_header(tmp_path):
+    path = tmp_path / "custom.log"
+    path.write_text(
+        "srcport dstaddr srcaddr dstport protocol log-status\n"
+        "443 10.0.0.5 203.0.113.9 51000 6 OK\n"
+        "- - - - - NODATA\n"
+    )
+    fmt, table, account = read_all(path)
+    assert fmt == "aws-vpc"
+    assert table.to_pydict()["src"] == ["203.0.113.9"] and table.column("sport").to_pylist() == [443]
+    assert dict(account.skipped) == {"NODATA": 1}
+
+
+# --------------------------------------------------------------------------- generic tables
+
+
+def _sample_rows(n=50, seed=3):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        src = str(ipaddress.IPv4Address(int(rng.integers(0, 2**32))))
+        dst = str(ipaddress.IPv6Address(int(rng.integers(0, 2**63)) << 64)) if i % 5 == 0 else str(ipaddress.IPv4Address(int(rng.integers(0, 2**32))))
+        rows.append((src, dst, int(rng.integers(0, 65536)), int(rng.integers(0, 65536)), ["tcp", "udp", "6"][i % 3]))
+    return rows
+
+
+def test_generic_csv_with_known_names_and_quotes(tmp_path):
+    rows = _sample_rows()
+    path = tmp_path / "flows.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_ALL)
+        writer.writerow(["note", "source.ip", "destination.ip", "source.port", "destination.port", "network.transport", "@timestamp"])
+        for i, r in enumerate(rows):
+            writer.writerow([f"a, b {i}", r[0], r[1], r[2], r[3], r[4], "2024-05-01T10:00:00+02:00"])
+    fmt, table, account = read_all(path)
+    assert fmt == "csv"
+    assert table.column("src").to_pylist() == [r[0] for r in rows]
+    assert table.column("dst").to_pylist() == [r[1] for r in rows]
+    assert table.column("dport").to_pylist() == [r[3] for r in rows]
+    assert table.column("proto").to_pylist() == [{"6": "tcp"}.get(r[4], r[4]) for r in rows]
+    assert table.column("start")[0].as_py() == datetime(2024, 5, 1, 8, 0, tzinfo=timezone.utc)
+
+
+def test_generic_tsv_with_columns_option(tmp_path):
+    rows = _sample_rows(10)
+    path = tmp_path / "flows.tsv"
+    path.write_text("a\tb\tc\td\n" + "".join(f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3]}\n" for r in rows))
+    options = ReaderOptions(columns={"src": "a", "dst": "b", "sport": "c", "dport": "d"})
+    fmt, table, account = read_all(path, "csv", options)
+    assert table.column("dst").to_pylist() == [r[1] for r in rows]
+    assert table.column("sport").to_pylist() == [r[2] for r in rows]
+    with pytest.raises(InputError, match="no source/destination"):
+        read_all(path, "csv")
+
+
+@pytest.mark.parametrize("kind", ["parquet", "arrow", "arrow-stream"])
+def test_parquet_and_arrow_ipc(tmp_path, kind):
+    rows = _sample_rows(300)
+    data = pa.table(
+        {
+            "srcaddr": [r[0] for r in rows],
+            "dstaddr": [r[1] for r in rows],
+            "srcport": pa.array([r[2] for r in rows], pa.int64()),
+            "dstport": pa.array([r[3] for r in rows], pa.int32()),
+            "protocol": pa.array([6 if i % 2 else 17 for i in range(len(rows))], pa.int8()),
+            "start": pa.array([1_700_000_000 + i for i in range(len(rows))], pa.int64()),
+        }
+    )
+    path = tmp_path / f"flows.{kind}"
+    if kind == "parquet":
+        pq.write_table(data, path, row_group_size=100)
+    else:
+        import pyarrow.ipc as ipc
+
+        opener = ipc.new_file if kind == "arrow" else ipc.new_stream
+        with opener(str(path), data.schema) as writer:
+            writer.write_table(data, max_chunksize=64)
+    fmt, table, account = read_all(path, options=ReaderOptions(batch_rows=128))
+    assert fmt == ("parquet" if kind == "parquet" else "arrow")
+    assert table.column("src").to_pylist() == data.column("srcaddr").to_pylist()
+    assert table.column("sport").to_pylist() == data.column("srcport").to_pylist()
+    assert table.column("proto").to_pylist() == ["tcp" if i % 2 else "udp" for i in range(len(rows))]
+    assert table.column("row").to_pylist() == list(range(1, len(rows) + 1))
+    assert table.column("start")[5].as_py() == datetime.fromtimestamp(1_700_000_005, timezone.utc)
+
+
+# --------------------------------------------------------------------------- compression, stdin, errors
+
+
+def _zeek_bytes():
+    return (TEST_DATA / FLOWS / "core.history-flip__conn.log").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "compress",
+    [gzip.compress, bz2.compress, lzma.compress, lambda b: zstandard.ZstdCompressor().compress(b)],
+    ids=["gzip", "bz2", "xz", "zstd"],
+)
+def test_compressed_inputs_read_like_plain(tmp_path, compress):
+    plain = (TEST_DATA / FLOWS / "nfdump-v5-tail.csv").read_bytes()
+    path = tmp_path / "flows.bin"
+    path.write_bytes(compress(plain))
+    (tmp_path / "plain.csv").write_bytes(plain)
+    _, expected, _ = read_all(tmp_path / "plain.csv", options=ReaderOptions(tz="UTC"))
+    fmt, table, account = read_all(path, options=ReaderOptions(tz="UTC"))
+    assert fmt == "nfdump-csv" and table.equals(expected) and not account.errors
+
+
+def _many_rows_csv(n):
+    lines = ["src_ip,dst_ip,src_port,dst_port,proto"]
+    lines += [f"10.0.{i // 256 % 256}.{i % 256},198.51.100.{i % 200},{1024 + i % 60000},443,tcp" for i in range(n)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    "compress",
+    [gzip.compress, bz2.compress, lzma.compress, lambda b: zstandard.ZstdCompressor().compress(b)],
+    ids=["gzip", "bz2", "xz", "zstd"],
+)
+def test_truncated_compressed_input_reports_the_damage(tmp_path, compress):
+    plain = _many_rows_csv(50_000)
+    packed = compress(plain)
+    path = tmp_path / "cut.bin"
+    path.write_bytes(packed[: len(packed) * 2 // 3])
+    fmt, table, account = read_all(path, options=ReaderOptions(block_bytes=1 << 16))
+    assert account.damaged and account.errors and "damaged" in account.errors[0]
+    assert 0 < table.num_rows < 50_000  # records up to the damage were read
+    # every record read is a prefix of the file, in order
+    assert table.column("row").to_pylist() == list(range(1, table.num_rows + 1))
+    expected_src = [f"10.0.{i // 256 % 256}.{i % 256}" for i in range(table.num_rows)]
+    assert table.column("src").to_pylist() == expected_src
+    assert accounted(account)
+
+
+def test_stdin_is_read_and_detected():
+    data = io.BytesIO(gzip.compress(_zeek_bytes()))
+    fmt, table, account = read_all("-", stdin=data)
+    assert fmt == "zeek-tsv" and table.num_rows == 1 and account.name == "<stdin>"
+
+
+def test_unknown_and_unreadable_inputs_are_clear_errors(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello world\nnothing to see\n")
+    with pytest.raises(InputError, match="notes.txt: unknown flow format"):
+        open_source(tmp_path / "notes.txt")
+    with pytest.raises(InputError, match="missing.csv: cannot read"):
+        open_source(tmp_path / "missing.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(InputError, match="empty input"):
+        open_source(tmp_path / "empty.csv")
+    with pytest.raises(InputError, match="unknown input format"):
+        open_source(tmp_path / "notes.txt", "excel")
+
+
+def test_detect_format_on_heads():
+    assert detect_format(b"ts,te,td,sa,da,sp,dp,pr,flg\n") == "nfdump-csv"
+    assert detect_format(b"#separator \\x09\n#fields\tts\n") == "zeek-tsv"
+    assert detect_format(b'{"ts":1.0,"id.orig_h":"10.0.0.1","id.resp_h":"8.8.8.8"}\n') == "zeek-json"
+    assert detect_format(b'{"timestamp":"2024-01-01T00:00:00+0000","event_type":"flow","src_ip":"1.1.1.1"}\n') == "suricata-eve"
+    assert detect_format(b"2 123 eni-1 1.1.1.1 2.2.2.2 1 2 6 1 1 1 2 ACCEPT OK\n") == "aws-vpc"
+    assert detect_format(b"PAR1....") == "parquet"
+    assert detect_format(b"just words\n") is None
+
+
+def test_non_ascii_bytes_in_a_field_are_rejected(tmp_path):
+    path = tmp_path / "bytes.csv"
+    path.write_bytes(b"ts,te,td,sa,da,sp,dp,pr\n2024-01-01 00:00:00,x,0,10.0.0.\xff,8.8.8.8,1,2,TCP\n2024-01-01 00:00:00,x,0,10.0.0.1,8.8.8.8,1,2,TCP\n")
+    _, table, account = read_all(path, options=ReaderOptions(tz="UTC"))
+    assert table.column("row").to_pylist() == [2]
+    assert [r[:2] for r in account.take_rejects()] == [(1, "non-text bytes in an address, port, protocol or time field")]
