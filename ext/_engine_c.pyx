@@ -340,35 +340,42 @@ cdef inline int _hex(uint8_t c) noexcept nogil:
     return -1
 
 
-cdef bint _parse_ipv4(const uint8_t* s, Py_ssize_t n, uint32_t* out) noexcept nogil:
+cdef inline bint _parse_ipv4(const uint8_t* s, Py_ssize_t n, uint32_t* out) noexcept nogil:
     """Strict dotted quad: four decimal parts 0..255, no leading zeros, nothing else."""
-    cdef uint32_t result = 0, part = 0
-    cdef int dots = 0, digits = 0
-    cdef Py_ssize_t i
-    cdef uint8_t c
+    cdef Py_ssize_t pos = 0
+    cdef uint32_t result = 0, part, digit
+    cdef int k
     if n < 7 or n > 15:
         return False
-    for i in range(n):
-        c = s[i]
-        if c == 46:  # '.'
-            if digits == 0 or dots == 3:
+    for k in range(4):
+        if k:
+            if pos >= n or s[pos] != 46:  # '.'
                 return False
-            result = result << 8 | part
-            dots += 1
-            part = 0
-            digits = 0
-        elif 48 <= c <= 57:
-            if digits == 1 and part == 0:
-                return False  # leading zero
-            part = part * 10 + (c - 48)
-            digits += 1
-            if part > 255:
-                return False
-        else:
+            pos += 1
+        if pos >= n:
             return False
-    if digits == 0 or dots != 3:
+        part = <uint32_t>s[pos] - 48  # wraps above 9 for anything but a digit
+        if part > 9:
+            return False
+        pos += 1
+        if pos < n:
+            digit = <uint32_t>s[pos] - 48
+            if digit <= 9:
+                if part == 0:
+                    return False  # leading zero
+                part = part * 10 + digit
+                pos += 1
+                if pos < n:
+                    digit = <uint32_t>s[pos] - 48
+                    if digit <= 9:
+                        part = part * 10 + digit
+                        pos += 1
+                        if part > 255:
+                            return False
+        result = result << 8 | part
+    if pos != n:
         return False
-    out[0] = result << 8 | part
+    out[0] = result
     return True
 
 
@@ -478,43 +485,70 @@ ctypedef fused offset_t:
     int64_t
 
 
+ctypedef struct TextColumn:
+    const uint8_t* data      # string bytes (never NULL)
+    Py_ssize_t data_len
+    const uint8_t* valid     # Arrow validity bitmap, NULL when every entry is valid
+    Py_ssize_t bit_offset    # position of entry 0 in the bitmap
+
+
+cdef inline int _parse_entry(const TextColumn* col, const offset_t* offsets, Py_ssize_t i,
+                             uint32_t* v4, uint64_t* hi, uint64_t* lo) noexcept nogil:
+    """Kind of entry i (0 also for null), or -1 when its offsets leave the data buffer."""
+    cdef Py_ssize_t bit
+    cdef int64_t start = offsets[i], end = offsets[i + 1]
+    if col.valid != NULL:
+        bit = col.bit_offset + i
+        if not (col.valid[bit >> 3] >> (bit & 7)) & 1:
+            v4[0] = 0
+            hi[0] = 0
+            lo[0] = 0
+            return 0
+    if start < 0 or end < start or end > col.data_len:
+        return -1
+    return _parse_address(col.data + start, end - start, v4, hi, lo)
+
+
+cdef TextColumn _text_column(const uint8_t[::1] data, validity, Py_ssize_t bit_offset, Py_ssize_t n,
+                             const uint8_t* nothing) except *:
+    cdef TextColumn col
+    cdef const uint8_t[::1] bitmap
+    col.data_len = data.shape[0]
+    col.data = &data[0] if col.data_len else nothing
+    col.valid = NULL
+    col.bit_offset = bit_offset
+    if validity is not None:
+        bitmap = validity
+        if bit_offset < 0 or (bit_offset + n + 7) // 8 > bitmap.shape[0]:
+            raise ValueError("validity bitmap too short")
+        if bitmap.shape[0]:
+            col.valid = &bitmap[0]
+    return col
+
+
+cdef _bad_offsets(const offset_t[::1] offsets, Py_ssize_t i, Py_ssize_t data_len):
+    return ValueError(f"string {i}: offsets {offsets[i]}..{offsets[i + 1]} outside the "
+                      f"data buffer ({data_len} bytes)")
+
+
 def parse_text(const offset_t[::1] offsets, const uint8_t[::1] data, validity, Py_ssize_t bit_offset,
                uint8_t[::1] kind, uint32_t[::1] v4, uint64_t[::1] hi, uint64_t[::1] lo):
     """Parse Arrow string buffers (offsets n+1, data bytes, validity bitmap or None).
 
     Offsets are checked against the data buffer before any byte is read (ValueError).
     """
-    cdef Py_ssize_t n = offsets.shape[0] - 1, i, bit, bad = -1
-    cdef Py_ssize_t data_len = data.shape[0]
-    cdef int64_t start, end
+    cdef Py_ssize_t n = offsets.shape[0] - 1, i, bad = -1
     cdef uint8_t nothing = 0
-    cdef const uint8_t* bytes_ = &data[0] if data_len else &nothing
-    cdef const uint8_t[::1] bitmap
-    cdef const uint8_t* valid = NULL
+    cdef int k
     if n < 0 or kind.shape[0] != n or v4.shape[0] != n or hi.shape[0] != n or lo.shape[0] != n:
         raise ValueError("parse output arrays do not match the offsets")
-    if validity is not None:
-        bitmap = validity
-        if bit_offset < 0 or (bit_offset + n + 7) // 8 > bitmap.shape[0]:
-            raise ValueError("validity bitmap too short")
-        if bitmap.shape[0]:
-            valid = &bitmap[0]
+    cdef TextColumn col = _text_column(data, validity, bit_offset, n, &nothing)
     with nogil:
         for i in range(n):
-            if valid != NULL:
-                bit = bit_offset + i
-                if not (valid[bit >> 3] >> (bit & 7)) & 1:
-                    kind[i] = 0
-                    v4[i] = 0
-                    hi[i] = 0
-                    lo[i] = 0
-                    continue
-            start = offsets[i]
-            end = offsets[i + 1]
-            if start < 0 or end < start or end > data_len:
+            k = _parse_entry(&col, &offsets[0], i, &v4[i], &hi[i], &lo[i])
+            if k < 0:
                 bad = i
                 break
-            kind[i] = <uint8_t>_parse_address(bytes_ + start, end - start, &v4[i], &hi[i], &lo[i])
+            kind[i] = <uint8_t>k
     if bad >= 0:
-        raise ValueError(f"string {bad}: offsets {offsets[bad]}..{offsets[bad + 1]} outside the "
-                         f"data buffer ({data_len} bytes)")
+        raise _bad_offsets(offsets, bad, col.data_len)

@@ -22,6 +22,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memchr, memcpy
 
 cnp.import_array()
@@ -159,25 +160,37 @@ cdef inline bint _printable(const uint8_t* p, Py_ssize_t n) noexcept nogil:
     return True
 
 
+cdef struct Output:
+    # where one wanted column goes (arrays sized for every line of the block)
+    int kind
+    uint8_t* text        # TEXT: field bytes, back to back
+    int32_t* offsets     # TEXT: offsets[k] .. offsets[k + 1] is row k
+    int32_t* ports       # PORT
+    int64_t* micros      # times
+    uint8_t* valid       # times: 1 when the text was a time
+
+
 cdef Py_ssize_t _scan(const uint8_t* buf, Py_ssize_t size, uint8_t delimiter, int ncols,
-                      const int32_t* slot_of, int nslots, int comment,
+                      const int32_t* slot_of, Output* out, int comment,
                       uint8_t* status, int64_t* line_start, int64_t* line_end, int32_t* nfields,
-                      int64_t* field_start, int32_t* field_len, Py_ssize_t capacity) noexcept nogil:
-    """One pass over the lines; returns the number of non-blank lines recorded."""
-    cdef Py_ssize_t pos = 0, end, n = 0, cur, fstart, i, j, rest
+                      int8_t* bad_slot, Py_ssize_t capacity, Py_ssize_t* n_ok) noexcept nogil:
+    """One pass over the lines: fields are copied/converted while the line is in cache and
+    kept only for lines that end up OK. Returns the number of non-blank lines."""
+    cdef Py_ssize_t pos = 0, end, n = 0, cur, fstart, i, j, rest, k = 0, length
     cdef int last_wanted = 0
     cdef const uint8_t* nl
-    cdef int column, slot, s
-    cdef uint8_t state
-    cdef bint ended
+    cdef int column, slot, first_bad
+    cdef int32_t port
+    cdef bint ended, bytes_bad
+    cdef Output* o
     for column in range(ncols):
         if slot_of[column] >= 0:
             last_wanted = column
     while pos < size and n < capacity:
-        nl = <const uint8_t*>memchr(buf + pos, b'\n', size - pos)
+        nl = <const uint8_t*>memchr(buf + pos, 10, size - pos)
         end = size if nl == NULL else (nl - buf)
         cur = end
-        if cur > pos and buf[cur - 1] == b'\r':
+        if cur > pos and buf[cur - 1] == 13:
             cur -= 1
         if cur == pos:  # blank line: not a record
             pos = end + 1
@@ -190,22 +203,39 @@ cdef Py_ssize_t _scan(const uint8_t* buf, Py_ssize_t size, uint8_t delimiter, in
             n += 1
             pos = end + 1
             continue
-        for s in range(nslots):
-            field_len[s * capacity + n] = -1
         column = 0
         fstart = pos
-        state = OK
         i = pos
         ended = False
-        # fields up to the last wanted one: record them
+        bytes_bad = False
+        first_bad = -1
+        # fields up to the last wanted one: copy or convert them into row k
         while column <= last_wanted:
             if i == cur or buf[i] == delimiter:
                 slot = slot_of[column]
                 if slot >= 0:
-                    field_start[slot * capacity + n] = fstart
-                    field_len[slot * capacity + n] = <int32_t>(i - fstart)
-                    if not _printable(buf + fstart, i - fstart):
-                        state = BAD_BYTES
+                    length = i - fstart
+                    if not _printable(buf + fstart, length):
+                        bytes_bad = True
+                    elif not bytes_bad:
+                        o = &out[slot]
+                        if o.kind == TEXT:
+                            memcpy(o.text + o.offsets[k], buf + fstart, length)
+                            o.offsets[k + 1] = o.offsets[k] + <int32_t>length
+                        elif o.kind == PORT:
+                            port = _port(buf + fstart, length)
+                            if port == -2:
+                                if first_bad < 0:
+                                    first_bad = slot
+                            else:
+                                o.ports[k] = port
+                        else:
+                            if o.kind == WALLCLOCK:
+                                o.valid[k] = _wallclock(buf + fstart, length, &o.micros[k])
+                            else:
+                                o.valid[k] = _epoch(buf + fstart, length, o.kind, &o.micros[k])
+                            if not o.valid[k]:
+                                o.micros[k] = 0  # no leftover from an uncommitted line
                 column += 1
                 fstart = i + 1
                 if i == cur:
@@ -220,10 +250,18 @@ cdef Py_ssize_t _scan(const uint8_t* buf, Py_ssize_t size, uint8_t delimiter, in
             column += rest + 1
         nfields[n] = column
         if column != ncols:
-            state = BAD_COUNT
-        status[n] = state
+            status[n] = BAD_COUNT
+        elif bytes_bad:
+            status[n] = BAD_BYTES
+        elif first_bad >= 0:
+            status[n] = BAD_VALUE
+            bad_slot[n] = <int8_t>first_bad
+        else:
+            status[n] = OK
+            k += 1  # commit row k; an uncommitted row is overwritten by the next line
         n += 1
         pos = end + 1
+    n_ok[0] = k
     return n
 
 
@@ -233,17 +271,21 @@ def split_fields(const uint8_t[::1] block, int delimiter, int ncols, wanted, int
     Returns ``(status uint8[m], line_start int64[m], line_end int64[m], nfields int32[m],
     columns, bad_slot int8[m])`` over the m non-blank lines. ``columns[j]`` covers the k
     lines with status 0: ``(offsets int32[k+1], data uint8[...])`` for text, ``int32[k]``
-    for ports, ``(int64[k] microseconds, bool[k] valid)`` for times.
+    for ports, ``(int64[k] microseconds, bool[k] valid)`` for times. A port that is not a
+    port is reported for the first such column in line order.
     """
     if not 0 <= delimiter <= 255:
         raise ValueError(f"delimiter must be one byte, not {delimiter}")
     if ncols <= 0:
         raise ValueError(f"ncols must be positive, not {ncols}")
-    cdef cnp.ndarray[int32_t, ndim=1] slot_of = np.full(ncols, -1, np.int32)
+    cdef Py_ssize_t size = block.shape[0]
+    if size >= 0x7FFFFFFF:
+        raise ValueError("block too large for 32-bit string offsets")
     cdef int j, nslots = len(wanted)
     kinds = [TEXT] * nslots if kinds is None else [int(k) for k in kinds]
     if len(kinds) != nslots or any(not TEXT <= k <= EPOCH_MS for k in kinds):
         raise ValueError(f"kinds must give one of 0..4 for each wanted column, not {kinds}")
+    cdef cnp.ndarray[int32_t, ndim=1] slot_of = np.full(ncols, -1, np.int32)
     for j in range(nslots):
         column = int(wanted[j])
         if not 0 <= column < ncols:
@@ -251,7 +293,6 @@ def split_fields(const uint8_t[::1] block, int delimiter, int ncols, wanted, int
         if slot_of[column] >= 0:
             raise ValueError(f"wanted column {column} given twice")
         slot_of[column] = j
-    cdef Py_ssize_t size = block.shape[0]
     cdef const uint8_t* buf = &block[0] if size > 0 else NULL
     cdef Py_ssize_t capacity = 1
     if size > 0:
@@ -261,70 +302,52 @@ def split_fields(const uint8_t[::1] block, int delimiter, int ncols, wanted, int
     cdef cnp.ndarray[int64_t, ndim=1] line_start = np.zeros(capacity, np.int64)
     cdef cnp.ndarray[int64_t, ndim=1] line_end = np.zeros(capacity, np.int64)
     cdef cnp.ndarray[int32_t, ndim=1] nfields = np.zeros(capacity, np.int32)
-    cdef cnp.ndarray[int64_t, ndim=1] field_start = np.zeros(max(nslots, 1) * capacity, np.int64)
-    cdef cnp.ndarray[int32_t, ndim=1] field_len = np.zeros(max(nslots, 1) * capacity, np.int32)
     cdef cnp.ndarray[int8_t, ndim=1] bad_slot = np.full(capacity, -1, np.int8)
-    cdef Py_ssize_t n = 0
-    if size > 0:
-        with nogil:
-            n = _scan(buf, size, <uint8_t>delimiter, ncols, &slot_of[0], nslots, comment,
-                      &status[0], &line_start[0], &line_end[0], &nfields[0],
-                      &field_start[0], &field_len[0], capacity)
-    # typed columns: values over every line; a bad port turns its line's status to BAD_VALUE
-    typed = {}
-    for j in range(nslots):
-        if kinds[j] != TEXT:
-            typed[j] = _convert(block, field_start[j * capacity: j * capacity + n], field_len[j * capacity: j * capacity + n],
-                                status[:n], bad_slot[:n], kinds[j], j)
-    status = status[:n]
-    ok = np.flatnonzero(status == OK)
+    # per wanted column: the arrays the scan fills (row k < capacity; text <= block size)
+    arrays = []
+    cdef Output* out = <Output*>calloc(max(nslots, 1), sizeof(Output))
+    if out == NULL:
+        raise MemoryError()
+    cdef cnp.ndarray[uint8_t, ndim=1] text, valid
+    cdef cnp.ndarray[int32_t, ndim=1] offsets, ports
+    cdef cnp.ndarray[int64_t, ndim=1] micros
+    cdef Py_ssize_t n = 0, n_ok = 0
+    try:
+        for j in range(nslots):
+            out[j].kind = kinds[j]
+            if kinds[j] == TEXT:
+                text = np.empty(max(size, 1), np.uint8)
+                offsets = np.zeros(capacity + 1, np.int32)
+                out[j].text = &text[0]
+                out[j].offsets = &offsets[0]
+                arrays.append((offsets, text))
+            elif kinds[j] == PORT:
+                ports = np.full(capacity, -1, np.int32)
+                out[j].ports = &ports[0]
+                arrays.append(ports)
+            else:
+                micros = np.zeros(capacity, np.int64)
+                valid = np.zeros(capacity, np.uint8)
+                out[j].micros = &micros[0]
+                out[j].valid = &valid[0]
+                arrays.append((micros, valid))
+        if size > 0:
+            with nogil:
+                n = _scan(buf, size, <uint8_t>delimiter, ncols, &slot_of[0], out, comment,
+                          &status[0], &line_start[0], &line_end[0], &nfields[0], &bad_slot[0],
+                          capacity, &n_ok)
+    finally:
+        free(out)
     columns = []
     for j in range(nslots):
         if kinds[j] == TEXT:
-            starts = field_start[j * capacity: j * capacity + n][ok]
-            lengths = field_len[j * capacity: j * capacity + n][ok]
-            columns.append(_gather(block, starts, lengths))
+            offsets_j, text_j = arrays[j]
+            columns.append((offsets_j[: n_ok + 1].copy(), text_j[: offsets_j[n_ok]].copy()))
         elif kinds[j] == PORT:
-            columns.append(typed[j][0][ok])
+            columns.append(arrays[j][:n_ok].copy())
         else:
-            columns.append((typed[j][0][ok], typed[j][1][ok].astype(bool)))
-    return status, line_start[:n].copy(), line_end[:n].copy(), nfields[:n].copy(), columns, bad_slot[:n].copy()
-
-
-def _convert(const uint8_t[::1] block, int64_t[::1] starts, int32_t[::1] lengths, uint8_t[::1] status,
-             int8_t[::1] bad_slot, int kind, int slot):
-    """Typed values of one column over every line (only lines with status OK are read)."""
-    cdef Py_ssize_t n = starts.shape[0], i, size = block.shape[0]
-    cdef cnp.ndarray[int32_t, ndim=1] ports = np.full(n if kind == PORT else 0, -1, np.int32)
-    cdef cnp.ndarray[int64_t, ndim=1] micros = np.zeros(n if kind != PORT else 0, np.int64)
-    cdef cnp.ndarray[uint8_t, ndim=1] valid = np.zeros(n if kind != PORT else 0, np.uint8)
-    cdef int32_t value
-    cdef int64_t moment
-    for i in range(n):
-        # boundaries come from _scan over this block; checked again before any read
-        if status[i] == OK and (starts[i] < 0 or lengths[i] < 0 or starts[i] + lengths[i] > size):
-            raise ValueError("field outside the block")
-    cdef const uint8_t* buf = &block[0] if size > 0 else NULL
-    with nogil:
-        for i in range(n):
-            if status[i] != OK:
-                continue
-            if kind == PORT:
-                value = _port(buf + starts[i], lengths[i])
-                if value == -2:
-                    status[i] = BAD_VALUE
-                    bad_slot[i] = slot
-                else:
-                    ports[i] = value
-            elif kind == WALLCLOCK:
-                if _wallclock(buf + starts[i], lengths[i], &moment):
-                    micros[i] = moment
-                    valid[i] = 1
-            else:
-                if _epoch(buf + starts[i], lengths[i], kind, &moment):
-                    micros[i] = moment
-                    valid[i] = 1
-    return (ports,) if kind == PORT else (micros, valid)
+            columns.append((arrays[j][0][:n_ok].copy(), arrays[j][1][:n_ok].astype(bool)))
+    return status[:n].copy(), line_start[:n].copy(), line_end[:n].copy(), nfields[:n].copy(), columns, bad_slot[:n].copy()
 
 
 cdef Py_ssize_t _count_lines(const uint8_t* buf, Py_ssize_t size) noexcept nogil:
@@ -337,25 +360,3 @@ cdef Py_ssize_t _count_lines(const uint8_t* buf, Py_ssize_t size) noexcept nogil
         count += 1
         pos = (nl - buf) + 1
     return count
-
-
-def _gather(const uint8_t[::1] block, int64_t[::1] starts, int32_t[::1] lengths):
-    """Copy the fields (start, length) of ``block`` into Arrow string offsets + data."""
-    cdef Py_ssize_t k = starts.shape[0], i, size = block.shape[0]
-    cdef cnp.ndarray[int32_t, ndim=1] offsets = np.zeros(k + 1, np.int32)
-    cdef int64_t total = 0
-    for i in range(k):
-        # boundaries come from _scan over this block; checked again before any copy
-        if lengths[i] < 0 or starts[i] < 0 or starts[i] + lengths[i] > size:
-            raise ValueError("field outside the block")
-        total += lengths[i]
-        if total > 0x7FFFFFFF:
-            raise ValueError("block too large for 32-bit string offsets")
-        offsets[i + 1] = <int32_t>total
-    cdef cnp.ndarray[uint8_t, ndim=1] data = np.empty(max(total, 1), np.uint8)
-    cdef uint8_t* out = &data[0]
-    cdef const uint8_t* src = &block[0] if size > 0 else NULL
-    with nogil:
-        for i in range(k):
-            memcpy(out + offsets[i], src + starts[i], lengths[i])
-    return offsets, data[:total]

@@ -1,9 +1,14 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, language_level=3
-"""Linux socket tables in native code: /proc/net/{tcp,tcp6,udp,udp6} and the /proc/*/fd walk.
+"""Linux socket tables in native code, and the /proc/[pid]/fd walk that finds their owners.
 
-Twin of connscan._proc_py (same functions, same results). The parser never trusts the text:
-every field of every line is validated, and a line that fails is counted with its line
-number and reason instead of being used.
+    parse_net_table(text, ipv6, source)   /proc/net/{tcp,tcp6,udp,udp6} text -> columns
+    read_sock_diag(family, protocol, source)   the same table over netlink sock_diag
+    parse_diag_messages(data, family, source)  sock_diag's message parser, for replays
+    socket_owners(proc_root, threads)     every socket fd of every process: (inode, pid)
+
+Twin of connscan._proc_py (same functions, same results). Nothing read is trusted: every
+field of every text line is validated (a bad line is counted with its line number and
+reason, not used) and every netlink message length is checked against the buffer.
 """
 import os
 import sys

@@ -91,7 +91,8 @@ def write_mmdb(path: Path, networks: list[tuple[str, str]]) -> None:
 
 @pytest.fixture
 def loopback_mmdb(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # GeoIP cache of this test only
+    monkeypatch.delenv("CONNSCAN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # GeoIP and engine caches of this test only
     path = tmp_path / "loopback-kp.mmdb"
     write_mmdb(path, [("127.0.0.0/8", "KP"), ("192.0.2.0/24", "DE")])
     with maxminddb.open_database(str(path)) as reader:  # the fixture is what the official reader reads
@@ -324,9 +325,10 @@ def test_version_and_help(capsys):
         assert option in out
 
 
-def test_defaults_run_and_say_so(monkeypatch, tmp_path):
+def test_defaults_run_and_say_so(tmp_path):
     """No options at all: embedded GeoIP, no C2 list, and stderr says so (a real scan)."""
-    env = {**os.environ, "PYTHONPATH": str(SRC), "XDG_CACHE_HOME": str(Path.home() / ".cache")}
+    env = {key: value for key, value in os.environ.items() if key != "CONNSCAN_CACHE_DIR"}
+    env.update(PYTHONPATH=str(SRC), XDG_CACHE_HOME=str(tmp_path))
     run = subprocess.run([sys.executable, "-m", "connscan", "scan"], capture_output=True, text=True, env=env,
                          timeout=120)
     assert run.returncode in (0, 1, 3)
@@ -370,3 +372,24 @@ def test_flags_build_the_rules(tmp_path, loopback_mmdb):
     assert (rules.notice, rules.warning, rules.alert, rules.max_reasons, rules.all_connections) == (30, 50, 70, 2, True)
     assert [(s.kind, s.score) for s in ctx.signatures] == [("allowlist", -50), ("allowlist", -80)]
     assert any("no C2 signature list configured" in note for note in ctx.notes)
+
+
+def test_compiled_engine_cache_gives_the_same_findings(tmp_path, loopback, loopback_mmdb, capsys):
+    iocs = tmp_path / "c2.txt"
+    iocs.write_text(f"{loopback.server_ip}\n")
+    argv = ["scan", "--include-loopback", "--iocs", str(iocs), "--geoip", str(loopback_mmdb),
+            "--relevant-countries", "KP", "--format", "jsonl"]
+    runs = []
+    for n in range(3):
+        out = tmp_path / f"out{n}.jsonl"
+        assert _run(argv + ["--output", str(out)], capsys)[0] == 1
+        runs.append({(_tuple(f), f["score"], f["level"], json.dumps(f["reasons"])) for f in _ours(_jsonl(out), loopback)})
+        [cached] = (tmp_path / "cache" / "connscan" / "engines").glob("*.engine")
+        if n == 1:
+            cached.write_bytes(cached.read_bytes()[:1000])  # corrupt: the next run rebuilds
+    assert runs[0] == runs[1] == runs[2]
+    assert {key[0] for key in runs[0]} == loopback.client_tuples()
+    assert all('"c2"' in key[3] and '"geoip"' in key[3] for key in runs[0])  # both reasons, one finding
+    iocs.write_text(f"{loopback.client_ip}\n")  # changed list: another cache entry
+    assert _run(argv + ["--output", str(tmp_path / "x.jsonl")], capsys)[0] == 1
+    assert len(list((tmp_path / "cache" / "connscan" / "engines").glob("*.engine"))) == 2

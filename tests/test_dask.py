@@ -63,7 +63,7 @@ def write_nfdump(path, flows):
 
 
 def v9_files(directory, flows):
-    """A template packet and a data packet (separate files), IPv4 flows only."""
+    """A data packet and, in the next file, its template packet (IPv4 flows only)."""
     fields = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1)]
     template = struct.pack(">HH", 300, len(fields)) + b"".join(struct.pack(">HH", *f) for f in fields)
     records = b"".join(src.packed + dst.packed + struct.pack(">HHB", sport, dport, 6 if proto == "TCP" else 17)
@@ -73,9 +73,9 @@ def v9_files(directory, flows):
     def packet(set_id, body):
         return struct.pack(">HHIIII", 9, 1, 1000, 1_700_000_000, 0, 1) + struct.pack(">HH", set_id, 4 + len(body)) + body
 
-    (directory / "export-1-template.dat").write_bytes(packet(0, template))
-    (directory / "export-2-data.dat").write_bytes(packet(300, records))
-    return [directory / "export-1-template.dat", directory / "export-2-data.dat"]
+    (directory / "export-1-data.dat").write_bytes(packet(300, records))
+    (directory / "export-2-template.dat").write_bytes(packet(0, template))
+    return [directory / "export-1-data.dat", directory / "export-2-template.dat"]
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,9 @@ def planted(tmp_path_factory):
         write_nfdump(directory / name, flows)
         inputs[str(directory / name)] = flows
     v9_flows = [f for f in (random_flow(rng, rng.random() < 0.2) for _ in range(200)) if f[0].version == 4]
-    template, data = v9_files(directory, v9_flows)
+    data, template = v9_files(directory, v9_flows)
+    inputs[str(data)] = v9_flows  # decoded once the next file brings the template
     inputs[str(template)] = []
-    inputs[str(data)] = v9_flows
     return inputs
 
 
@@ -149,6 +149,8 @@ def test_distributed_findings_equal_the_local_run(planted, engine, client):
     assert any(r.kind == "geoip" for f in result for r in f.reasons)
     assert result.stats.records_scanned == local_run_result.stats.records_scanned == sum(map(len, planted.values()))
     assert result.stats.to_dict()["files"].keys() == local_run_result.stats.files.keys()
+    netflow_data = list(planted)[2]
+    assert result.stats.files[netflow_data].records_scanned == len(planted[netflow_data])
     # The worker processes loaded the saved tables themselves (no engine was pickled).
     loaded = client.run(lambda: [key[0] for key in connscan_dask._worker_cache])
     assert any(paths_loaded for paths_loaded in loaded.values())

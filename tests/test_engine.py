@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import threading
 
 import numpy as np
@@ -22,7 +23,8 @@ engine_impl = impl_fixture("engine")
 
 V4_MAX = (1 << 32) - 1
 V6_MAX = (1 << 128) - 1
-HYPOTHESIS = settings(max_examples=60, deadline=None,
+# CONNSCAN_HYPOTHESIS_EXAMPLES raises the example count for a longer (non-CI) search.
+HYPOTHESIS = settings(max_examples=int(os.environ.get("CONNSCAN_HYPOTHESIS_EXAMPLES", "60")), deadline=None,
                       suppress_health_check=[HealthCheck.function_scoped_fixture,
                                              HealthCheck.too_slow])
 
@@ -418,6 +420,27 @@ def test_save_load_round_trip(engine_impl, tmp_path):
     assert loaded.matches("1.2.3.4") == [1, 0]
     with pytest.raises(CacheError, match="sha256"):
         Engine.load(path, expected_sha256="0" * 64, impl=impl)
+
+
+def test_empty_engine_round_trip(engine_impl, tmp_path):
+    impl = impl_name(engine_impl)
+    path = tmp_path / "empty.cstab"
+    Engine(SignatureSet.from_networks([]), impl=impl).save(path)
+    loaded = Engine.load(path, impl=impl)
+    result = loaded.lookup(["1.2.3.4", "::1", "nonsense"])
+    assert result.signature.tolist() == [-1, -1, -1]
+    assert result.country.tolist() == [b"", b"", b""]
+    assert result.valid.tolist() == [True, True, False]
+    assert len(loaded.signatures) == 0 and loaded.matches("1.2.3.4") == []
+
+
+def test_lookup_parsed_maps_ipv4_mapped_ipv6(engine_impl):
+    engine = Engine(SignatureSet.from_networks(["10.0.0.0/8", "::/0"]), impl=impl_name(engine_impl))
+    # kind 6 carrying ::ffff:10.1.2.3 (as another parser might produce) is still IPv4.
+    parsed = ParsedAddresses(np.array([6, 6, 4, 0], np.uint8), np.array([0, 0, 0x0A000001, 0], np.uint32),
+                             np.zeros(4, np.uint64),
+                             np.array([0xFFFF_0A01_0203, 1, 0, 0], np.uint64))
+    assert engine.lookup_parsed(parsed).signature.tolist() == [0, 1, 0, -1]
 
 
 def test_truncated_or_flipped_file_raises(engine_impl, tmp_path):

@@ -7,7 +7,6 @@ import gzip
 import ipaddress
 import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -336,3 +335,41 @@ def test_cli_flows_stdin(tmp_path, c2_evaluator, monkeypatch):
     code, lines, stats, _ = _cli(tmp_path, "--iocs", str(iocs), "-")
     assert code == 1 and len(lines) == len(expected_findings(flows, c2))
     assert lines[0]["file"] == "<stdin>"
+
+
+def test_cli_progress_only_on_request_when_not_a_terminal(tmp_path, c2_evaluator, capsys):
+    flows, _, _ = c2_evaluator
+    write_zeek_tsv(tmp_path / "conn.log", flows)
+    args = ["flows", "--format", "jsonl", "--output", str(tmp_path / "o.jsonl"), "--relevant-countries", ""]
+    assert cli.main([*args, str(tmp_path / "conn.log")]) == 0
+    quiet = capsys.readouterr().err
+    assert "records" not in quiet and "600 read" in quiet  # the summary line only
+    assert cli.main([*args, "--progress", "always", str(tmp_path / "conn.log")]) == 0
+    assert "records" in capsys.readouterr().err
+
+
+def test_cli_flow_option_errors_exit_2(tmp_path, capsys):
+    (tmp_path / "f.csv").write_text("src_ip,dst_ip\n10.0.0.1,8.8.8.8\n")
+    base = ["flows", "--relevant-countries", "", "--output", str(tmp_path / "o")]
+    assert cli.main([*base, "--columns", "source", str(tmp_path / "f.csv")]) == 2
+    assert "--columns" in capsys.readouterr().err
+    assert cli.main([*base, "--tz", "Mars/Olympus", str(tmp_path / "f.csv")]) == 2
+    assert "Mars/Olympus" in capsys.readouterr().err
+    assert cli.main([*base, "--home-net", "10.0.0.0/33", str(tmp_path / "f.csv")]) == 2
+
+
+def test_cli_event_types_and_columns(tmp_path, c2_evaluator):
+    flows, c2, _ = c2_evaluator
+    iocs = tmp_path / "iocs.txt"
+    iocs.write_text("\n".join(c2) + "\n")
+    write_suricata(tmp_path / "eve.json", flows)
+    code, lines, stats, _ = _cli(tmp_path, "--iocs", str(iocs), "--event-types", "alert,dns", str(tmp_path / "eve.json"))
+    assert code == 3 and lines == []  # every event is a flow event: all skipped, nothing scanned
+    assert stats["records_skipped"] == {"event type flow not selected": len(flows)}
+    with open(tmp_path / "odd.csv", "w") as f:
+        f.write("a;b;c;d\n")
+        for src, dst, sp, dp, _, _ in flows:
+            f.write(f"{src};{dst};{sp};{dp}\n")
+    code, lines, stats, _ = _cli(tmp_path, "--iocs", str(iocs), "--input-format", "csv", "--columns", "src=a,dst=b,sport=c,dport=d", str(tmp_path / "odd.csv"))
+    got = {(line["row"], line["lip"], line["lport"], line["rip"], line["rport"], line["direction"]) for line in lines}
+    assert code == 1 and got == expected_findings(flows, c2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 import sys
 from collections import Counter
 
@@ -209,6 +210,76 @@ def test_corrupted_text_never_crashes_and_both_twins_agree(noise, ipv6):
     for other in results[1:]:
         assert_same_table(results[0], other)
     assert len(results[0]["lport"]) + results[0]["bad_lines"] <= bytes(base).count(b"\n") + 1
+
+
+# --- netlink sock_diag messages ------------------------------------------------------------
+
+
+def nlmsg(kind: int, body: bytes) -> bytes:
+    """A netlink message (struct nlmsghdr + body), padded to 4 bytes like the kernel's."""
+    message = struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
+    return message + bytes(-len(message) % 4)
+
+
+def diag_message(family, state, local, lport, remote, rport, uid=1000, inode=77, attrs=b"") -> bytes:
+    """struct inet_diag_msg as linux/inet_diag.h lays it out (ports and addresses big endian)."""
+    body = struct.pack("=BBBB", family, state, 0, 0) + struct.pack("!HH", lport, rport)
+    body += ipaddress.ip_address(local).packed.ljust(16, b"\0") + ipaddress.ip_address(remote).packed.ljust(16, b"\0")
+    body += struct.pack("=I8sIIIII", 3, bytes(8), 0, 0, 0, uid, inode) + attrs
+    return nlmsg(20, body)
+
+
+DONE = nlmsg(3, struct.pack("=i", 0))
+
+
+def test_diag_messages_ipv4(proc):
+    data = diag_message(socket.AF_INET, 10, "0.0.0.0", 22, "0.0.0.0", 0, 0, 11)
+    data += diag_message(socket.AF_INET, 1, "192.0.2.1", 22, "203.0.113.5", 50000, 1000, 12, attrs=b"\x05\x00\x08\x00\x01")
+    table = proc.parse_diag_messages(data + DONE, socket.AF_INET, "diag")
+    assert rows_of(table) == [
+        ("0.0.0.0", 22, "0.0.0.0", 0, 10, 0, 11, 4, proc.REMOTE_UNSPECIFIED),
+        ("192.0.2.1", 22, "203.0.113.5", 50000, 1, 1000, 12, 4, proc.REMOTE_NORMAL),
+    ]
+
+
+def test_diag_messages_ipv6_and_mapped(proc):
+    data = diag_message(socket.AF_INET6, 1, "::ffff:10.0.0.1", 443, "::ffff:198.51.100.7", 1234)
+    data += diag_message(socket.AF_INET6, 6, "2001:db8::5", 443, "2001:db8:1::9", 999, 0, 0)
+    table = proc.parse_diag_messages(data + DONE, socket.AF_INET6, "diag")
+    assert rows_of(table) == [
+        ("10.0.0.1", 443, "198.51.100.7", 1234, 1, 1000, 77, 4, proc.REMOTE_NORMAL),
+        ("2001:db8::5", 443, "2001:db8:1::9", 999, 6, 0, 0, 6, proc.REMOTE_NORMAL),
+    ]
+
+
+def test_diag_kernel_error_truncation_and_wrong_family_raise(proc):
+    good = diag_message(socket.AF_INET, 1, "192.0.2.1", 1, "192.0.2.2", 2)
+    with pytest.raises(OSError) as info:
+        proc.parse_diag_messages(nlmsg(2, struct.pack("=i", -2) + bytes(16)), socket.AF_INET, "diag udp")
+    assert info.value.errno == 2 and "diag udp" in str(info.value)
+    for broken in (good[:-9], good[:10], struct.pack("=IHHII", 8, 20, 0, 0, 0) + good,
+                   struct.pack("=IHHII", 40, 20, 0, 0, 0) + bytes(24)):  # too short for inet_diag_msg
+        with pytest.raises(OSError, match="malformed"):
+            proc.parse_diag_messages(broken, socket.AF_INET, "diag")
+    with pytest.raises(OSError, match="another address family"):
+        proc.parse_diag_messages(good, socket.AF_INET6, "diag")
+
+
+@settings(max_examples=200)
+@given(cut=st.integers(0, 400), flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=4))
+def test_corrupted_diag_messages_never_crash_and_both_twins_agree(cut, flips):
+    data = bytearray(diag_message(socket.AF_INET6, 1, "::1", 1, "2001:db8::1", 2)
+                     + diag_message(socket.AF_INET6, 10, "::", 80, "::", 0) + DONE)
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    data = bytes(data[:cut])
+    outcomes = []
+    for impl in _native.implementations("proc"):
+        try:
+            outcomes.append(rows_of(_native.load("proc", impl).parse_diag_messages(data, socket.AF_INET6, "d")))
+        except OSError as exc:
+            outcomes.append(str(exc))
+    assert all(o == outcomes[0] for o in outcomes)
 
 
 # --- the fd walk ------------------------------------------------------------------------
@@ -413,7 +484,10 @@ def test_batch_types(test_sockets):
     snapshot = live.collect(include_loopback=True)
     schema = snapshot.batch.schema
     assert [str(schema.field(c).type) for c in ("lport", "rport", "pid", "family")] == ["int32", "int32", "int64", "int8"]
-    assert all(str(schema.field(c).type) == "string" for c in ("lip", "rip", "proto", "status", "name", "command", "exe", "user", "direction"))
+    assert all(str(schema.field(c).type) == "string" for c in ("lip", "rip", "proto", "status", "direction"))
+    # per-process text is stored once per process, not once per socket
+    assert all(str(schema.field(c).type) == "dictionary<values=string, indices=int32, ordered=0>"
+               for c in ("name", "command", "exe", "user"))
     assert str(schema.field("check_local").type) == "bool"
 
 
@@ -460,6 +534,21 @@ def test_finish_counts_unowned_sockets_and_warns_once(monkeypatch):
     assert sum("2 sockets without a process" in w for w in snapshot.warnings) == 1
     assert snapshot.skipped == Counter({"listening": 1, "unconnected": 1, "loopback": 1})
     assert snapshot.listening == {("tcp", 80), ("udp", 53)}
+
+
+def test_include_loopback_also_evaluates_unconnected_sockets(monkeypatch):
+    monkeypatch.setattr(live, "_process_info", lambda pid: ("srv", "srv", "/srv", "root"))
+    rows = [
+        ("0.0.0.0", 80, "0.0.0.0", 0, "tcp", "LISTEN", 2, 10, False),
+        ("0.0.0.0", 53, "0.0.0.0", 0, "udp", "NONE", 2, 10, False),
+        ("::1", 6000, "::1", 6001, "tcp", "ESTABLISHED", 1, 10, False),
+    ]
+    snapshot = live._finish(raw_rows(rows), True, 3, Counter(), [], "test")
+    b = snapshot.batch.to_pydict()
+    assert list(zip(b["lip"], b["lport"], b["rip"], b["rport"], b["direction"])) == [
+        ("0.0.0.0", 53, "0.0.0.0", -1, "inbound"), ("::1", 6000, "::1", 6001, "outbound"),
+    ]
+    assert snapshot.skipped == Counter({"listening": 1})
 
 
 def test_user_of_a_socket_without_process_comes_from_its_uid(monkeypatch):

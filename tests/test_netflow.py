@@ -264,7 +264,7 @@ def test_templates_are_scoped_by_source_id():
 # --------------------------------------------------------------------------- captures
 
 
-@pytest.mark.parametrize("container", ["pcap", "pcapng", "pcap-vlan", "pcap-raw-ip"])
+@pytest.mark.parametrize("container", ["pcap", "pcapng", "pcap-vlan", "pcap-raw-ip", "pcap-linux-sll", "pcap-null"])
 def test_capture_containers_give_the_same_flows(container):
     flows = [{"src": ipaddress.IPv4Address(f"10.0.0.{i}"), "dst": ipaddress.IPv4Address("203.0.113.5"),
               "sport": 1000 + i, "dport": 443, "proto": 6, "first": 900_000 + i} for i in range(1, 6)]
@@ -275,8 +275,13 @@ def test_capture_containers_give_the_same_flows(container):
         data = pcapng_file([ethernet_udp(p) for p in payloads])
     elif container == "pcap-vlan":
         data = pcap_file([ethernet_udp(p, vlan=True) for p in payloads])
-    else:
+    elif container == "pcap-raw-ip":
         data = pcap_file([ethernet_udp(p)[14:] for p in payloads], linktype=101)
+    elif container == "pcap-linux-sll":  # packet type, ARPHRD, address length, address, protocol
+        data = pcap_file([struct.pack(">HHH8sH", 0, 1, 6, bytes(8), 0x0800) + ethernet_udp(p)[14:]
+                          for p in payloads], linktype=113)
+    else:  # BSD loopback: address family in host byte order
+        data = pcap_file([struct.pack("=I", 2) + ethernet_udp(p)[14:] for p in payloads], linktype=0)
     assert sniff(data[:64])
     reader = read_netflow(io.BytesIO(data), "mem")
     assert strip_rows(rows(reader)) == expected(flows)
@@ -292,11 +297,12 @@ def test_capture_skips_other_packets_and_rejects_damage():
     tcp[14 + 9] = 6  # IP protocol TCP
     bad_udp_length = bytearray(good)
     struct.pack_into(">H", bad_udp_length, 14 + 20 + 4, 60000)
-    data = pcap_file([good, arp, bytes(tcp), bytes(bad_udp_length), good])
+    dns = ethernet_udp(b"\x12\x34\x01\x00" + bytes(20))
+    data = pcap_file([good, arp, bytes(tcp), bytes(bad_udp_length), dns, good])
     truncated = data + struct.pack("<IIII", 0, 0, 500, 500) + bytes(100)
     reader = read_netflow(io.BytesIO(truncated), "mem")
     assert len(rows(reader)) == 2
-    assert reader.account.skipped == {"non-IP packets": 1, "non-UDP packets": 1}
+    assert reader.account.skipped == {"non-IP packets": 1, "non-UDP packets": 1, "non-NetFlow UDP packets": 1}
     assert reader.account.rejected == {"malformed capture": 2}
     reasons = [text for _, _, text in reader.account.rejects]
     assert any("UDP length 60000" in text for text in reasons)
@@ -346,6 +352,32 @@ def test_malformed_packets_name_their_reason(packet, reason):
     assert rows(reader) == []
     assert reader.account.rejected == {"malformed packet": 1}
     assert reason in reader.account.rejects[0][2]
+
+
+def test_cut_record_is_rejected_and_zero_padding_is_not():
+    template = flowset(0, template_body(300, [(8, 4), (12, 4)]))
+    record = bytes([192, 0, 2, 1, 198, 51, 100, 1])
+    padded = v9_packet([template, flowset(300, record + bytes(3), pad=False)])
+    cut = v9_packet([template, flowset(300, record + record[:5], pad=False)])
+    reader = read_netflow(io.BytesIO(padded + b""), "padded")
+    assert len(rows(reader)) == 1 and not reader.account.rejected
+    reader = read_netflow(io.BytesIO(cut), "cut")
+    assert len(rows(reader)) == 1
+    assert reader.account.rejects == [(2, "malformed record", "template 300: 5 bytes after the last whole record")]
+
+
+def test_raw_files_split_self_delimiting_packets_only():
+    fields = [(8, 4), (12, 4)]
+    record = bytes([192, 0, 2, 1, 198, 51, 100, 1])
+    messages = ipfix_message([flowset(2, template_body(700, fields), pad=False)]) + b"".join(
+        ipfix_message([flowset(700, record, pad=False)]) for _ in range(3))
+    reader = read_netflow(io.BytesIO(messages + bytes(40)), "ipfix")  # zero padding at the end
+    assert len(rows(reader)) == 3 and not reader.account.rejected
+    v9 = v9_packet([flowset(0, template_body(300, fields)), flowset(300, record)])
+    reader = read_netflow(io.BytesIO(v9 + b"\x01" * 70000), "v9")
+    assert rows(reader) == []
+    assert reader.account.rejects == [(1, "malformed packet", "packet 1: more than 65535 bytes without a "
+                                                              "v5/IPFIX length (one v9 packet per file)")]
 
 
 def test_unusable_template_rejects_its_records():
@@ -571,9 +603,12 @@ def test_every_logstash_sample_decodes_alone_without_error(shared_data):
         reader = read_netflow(path, path.name)
         decoded = rows(reader)
         reasons = set(reader.account.rejected)
-        assert reasons <= {"unknown template", "malformed packet"}, (path.name, reader.account.rejects)
+        assert reasons <= {"unknown template", "malformed packet", "malformed record"}, path.name
         if "malformed packet" in reasons:
             assert path.name in ("netflow5_test_invalid01.dat", "netflow5_test_invalid02.dat")
+        if "malformed record" in reasons:  # nprobe sends 17 bytes of junk after its one record
+            assert reader.account.rejects == [(2, "malformed record", "template 256: 17 bytes after the last whole record")]
+            assert path.name == "netflow9_test_nprobe_dpi.dat"
         assert all(r["row"] >= 1 for r in decoded)
 
 
@@ -632,3 +667,22 @@ def test_softflowd_v5_and_ipfix_captures_contain_every_nfdump_flow(shared_data, 
                                  for _, src, dst, sport, dport, proto in nfdump_csv(directory / f"nfdump-{version}.csv"))
     assert sum(ours.values()) == {"v5": 4774, "ipfix": 5468}[version]  # softflowd: records exported
     assert not theirs - ours
+
+
+def test_pipeline_reads_data_before_its_template_file():
+    from connscan.engine import Engine
+    from connscan.flows import home_engine_for, scan_paths
+    from connscan.rules import Evaluator
+    from connscan.signatures import SignatureSet
+
+    data, tpl = FIXTURES / "netflow9_test_cisco_asa_1_data.dat", FIXTURES / "netflow9_test_cisco_asa_1_tpl.dat"
+    expected_rows = [r["row"] for r in rows(b for _, b in read_in_order([tpl.name, data.name])[0])
+                     if "164.164.37.11" in (r["src"], r["dst"])]
+    evaluator = Evaluator(Engine(SignatureSet.from_networks(["164.164.37.11"]), None))
+    findings: list = []
+    run = scan_paths([str(data), str(tpl)], evaluator, home_engine_for(None), on_findings=findings.extend)
+    assert sorted((f.file, f.row) for f in findings) == [(str(data), row) for row in sorted(expected_rows)]
+    assert len(expected_rows) == 9  # python-netflow: 9 of the 14 flows involve 164.164.37.11
+    assert run.stats.files[str(data)].records_scanned == 14
+    assert run.stats.files[str(tpl)].records_read == 0
+    assert not run.stats.records_rejected

@@ -475,3 +475,17 @@ def test_missing_required_column_is_a_clear_error():
     del batch["direction"]
     with pytest.raises(ValueError, match="direction"):
         evaluator.evaluate(batch)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(24, 32)), min_size=1, max_size=12),
+       st.lists(st.tuples(st.integers(0, 2**16 - 1), st.integers(112, 128)), max_size=4))
+def test_isolated_signatures_against_brute_force(v4, v6):
+    from connscan.rules import _isolated_signatures
+
+    nets = [ipaddress.ip_network(f"{ipaddress.IPv4Address(a)}/{n}", strict=False) for a, n in v4]
+    nets += [ipaddress.ip_network(f"2001:db8::{a:x}/{n}", strict=False) for a, n in v6]
+    flags = _isolated_signatures(SignatureSet.from_networks([str(n) for n in nets]))
+    expected = [not any(j != i and m.version == n.version and m.overlaps(n) for j, m in enumerate(nets))
+                for i, n in enumerate(nets)]
+    assert flags.tolist() == expected

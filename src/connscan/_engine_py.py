@@ -213,3 +213,4 @@ def parse_text(offsets, data, validity, bit_offset, kind, v4, hi, lo) -> None:
         except UnicodeDecodeError:
             text = ""
         kind[i], v4[i], hi[i], lo[i] = parse_one(text)
+

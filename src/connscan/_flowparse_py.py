@@ -94,23 +94,23 @@ def split_fields(block, delimiter: int, ncols: int, wanted, comment: int = -1, k
         if not all(_printable(fields[c]) for c in wanted):
             status.append(BAD_BYTES)
             continue
-        row = []
-        for j, (c, kind) in enumerate(zip(wanted, kinds)):
+        row = {}
+        for j in sorted(range(len(wanted)), key=lambda j: wanted[j]):  # line order
+            field, kind = fields[wanted[j]], kinds[j]
             if kind == PORT:
-                port = _port(fields[c])
-                if port == -2:
+                row[j] = _port(field)
+                if row[j] == -2:
                     bad_slot[-1] = j
                     break
-                row.append(port)
             elif kind == TEXT:
-                row.append(fields[c])
+                row[j] = field
             else:
-                row.append(_micros(fields[c], kind))
+                row[j] = _micros(field, kind)
         if bad_slot[-1] >= 0:
             status.append(BAD_VALUE)
             continue
         status.append(OK)
-        for j, value in enumerate(row):
+        for j, value in row.items():
             values[j].append(value)
     columns = []
     for vals, kind in zip(values, kinds):

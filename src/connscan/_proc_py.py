@@ -1,6 +1,7 @@
-"""Pure-Python twin of connscan._proc_c: /proc/net socket tables and the /proc/*/fd walk.
+"""Pure-Python twin of connscan._proc_c: socket tables (/proc/net text or netlink
+sock_diag) and the /proc/[pid]/fd walk.
 
-Same functions, same validation, same results; the reference the native parser is tested
+Same functions, same validation, same results; the reference the native module is tested
 against, and the fallback where the extension is not built.
 """
 from __future__ import annotations

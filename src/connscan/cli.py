@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -185,9 +186,50 @@ def build_context(args: argparse.Namespace) -> ScanContext:
     notes.append(f"relevant countries: {countries}; {len(c2)} C2 signatures, "
                  f"{len(signatures) - len(c2)} allowlist entries")
     hostname = socket.gethostname()
-    engine = Engine(signatures, geoip)
+    engine = _compiled_engine(Engine, signatures, geoip, settings)
     evaluator = Evaluator(engine, settings.rules, hostname=hostname)
     return ScanContext(settings, signatures, geoip, engine, evaluator, hostname, notes=notes)
+
+
+ENGINE_CACHE_KEEP = 3  # compiled engines kept in the cache directory (newest first; ~90 MB each with DB-IP)
+
+
+def _compiled_engine(engine_class, signatures, geoip, settings: Settings):
+    """The Engine for these inputs: loaded (memory-mapped) from the cache when the same
+    signature files, scores and GeoIP data were compiled before, else built and cached.
+
+    Compiling DB-IP into the lookup tables takes seconds; loading the saved tables does not.
+    A missing, stale or corrupt cache file just means a rebuild; an unwritable cache
+    directory means no cache.
+    """
+    from connscan.errors import CacheError
+    from connscan.geoip import default_cache_dir
+
+    key = hashlib.sha256(f"connscan {__version__}\0{geoip.sha256}\0{settings.rules.allowlist_score}".encode())
+    for kind, paths in (("c2", settings.iocs), ("allowlist", settings.allowlist)):
+        for path in paths:
+            with open(path, "rb") as handle:  # readable: SignatureSet.load just read it
+                key.update(f"\0{kind}\0{os.path.abspath(path)}\0".encode() + hashlib.sha256(handle.read()).digest())
+    folder = default_cache_dir() / "engines"
+    cached = folder / f"{key.hexdigest()[:40]}.engine"
+    try:
+        engine = engine_class.load(cached)
+        if len(engine.signatures) == len(signatures):
+            os.utime(cached)  # newest first when pruning
+            return engine
+    except CacheError:
+        pass
+    engine = engine_class(signatures, geoip)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{cached.name}.{os.getpid()}"
+        engine.save(partial)
+        os.replace(partial, cached)  # atomic: a concurrent run sees the old file or the new one
+        for old in sorted(folder.glob("*.engine"), key=lambda p: p.stat().st_mtime, reverse=True)[ENGINE_CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # no cache this time; the scan itself is unaffected
+    return engine
 
 
 def run_scan(args: argparse.Namespace, ctx: ScanContext) -> int:

@@ -95,8 +95,7 @@ def _scan_files(ref: EngineRef, paths: list[str], input_format, options):
     evaluator, home_engine = _evaluator_for(ref)
     findings: list = []
     rejects: list = []
-    errors: list = []
-    run = scan_paths(
+    run = scan_paths(  # errors stay in each FileResult, for the driver to report
         paths,
         evaluator,
         home_engine,
@@ -104,7 +103,6 @@ def _scan_files(ref: EngineRef, paths: list[str], input_format, options):
         options=options,
         on_findings=findings.extend,
         on_rejects=lambda name, items: rejects.extend((name, *item) for item in items),
-        on_error=errors.append,
     )
     return findings, run.files, rejects
 
@@ -134,8 +132,10 @@ def frame_to_batch(frame, first_row: int) -> pa.Table:
             columns.append(pa.array(np.arange(first_row, first_row + n, dtype=np.int64)))
         elif name == "start":
             columns.append(pa.nulls(n, target))
-        else:  # unknown ports / protocol
-            columns.append(pa.array(np.full(n, -1, np.int32)) if name != "proto" else pa.array([""] * n))
+        elif name == "proto":
+            columns.append(pa.array([""] * n, pa.string()))
+        else:  # sport, dport: unknown
+            columns.append(pa.array(np.full(n, -1, np.int32)))
     return pa.Table.from_arrays(columns, schema=BATCH_SCHEMA)
 
 

@@ -149,15 +149,14 @@ def _chunk_buffers(chunk):
     return offsets, data, validity, chunk.offset
 
 
-def _parse_into(impl, strings, kind, v4, hi, lo) -> None:
+def _each_chunk(strings, work) -> None:
+    """Call ``work(start, end, offsets, data, validity, bit_offset)`` for each Arrow chunk;
+    a chunk whose offsets leave its data buffer raises InputError."""
     position = 0
     for chunk in _string_chunks(strings):
-        n = len(chunk)
-        offsets, data, validity, bit_offset = _chunk_buffers(chunk)
-        end = position + n
+        end = position + len(chunk)
         try:
-            impl.parse_text(offsets, data, validity, bit_offset,
-                            kind[position:end], v4[position:end], hi[position:end], lo[position:end])
+            work(position, end, *_chunk_buffers(chunk))
         except ValueError as exc:
             raise InputError(f"corrupt Arrow string array: {exc}") from None
         position = end
@@ -170,7 +169,9 @@ def parse_addresses(strings, impl=None) -> ParsedAddresses:
     n = len(strings)
     parsed = ParsedAddresses(np.zeros(n, np.uint8), np.zeros(n, np.uint32),
                              np.zeros(n, np.uint64), np.zeros(n, np.uint64))
-    _parse_into(impl, strings, parsed.kind, parsed.v4, parsed.hi, parsed.lo)
+    kind, v4, hi, lo = parsed.kind, parsed.v4, parsed.hi, parsed.lo
+    _each_chunk(strings, lambda start, end, *text: impl.parse_text(
+        *text, kind[start:end], v4[start:end], hi[start:end], lo[start:end]))
     return parsed
 
 
@@ -461,6 +462,7 @@ class Engine:
 
     def lookup(self, addrs) -> LookupResult:
         """Look up address text: list/ndarray of str, pyarrow (Large)String array or ChunkedArray."""
+        # Two passes (parse, then look up with prefetching) measured faster than a fused one.
         return self.lookup_parsed(parse_addresses(addrs, self._impl))
 
     def matches(self, addr: str) -> list[int]:

@@ -356,7 +356,7 @@ def _fill_stats(stats: Stats, account: SourceAccount) -> None:
 class _Progress:
     """A rich progress bar over input bytes (records when the size is unknown)."""
 
-    def __init__(self, total_bytes: int | None):
+    def __init__(self, total_bytes: int | None, force: bool = False):
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -373,7 +373,7 @@ class _Progress:
             TransferSpeedColumn(),
             TextColumn("{task.fields[records]} records"),
             TimeRemainingColumn(),
-            console=_stderr_console(),
+            console=_stderr_console(force),
             transient=True,
         )
         self._task = self._progress.add_task("flows", total=total_bytes, records=0)
@@ -396,10 +396,10 @@ class _Progress:
         self._progress.stop()
 
 
-def _stderr_console():
+def _stderr_console(force: bool):
     from rich.console import Console
 
-    return Console(file=sys.stderr)
+    return Console(file=sys.stderr, force_terminal=True if force else None)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -513,7 +513,7 @@ def run_flows(args, ctx) -> int:
     progress = None
     if _want_progress(_setting(args, ctx, "progress")):
         sizes = [os.path.getsize(p) for p in paths if p != "-" and os.path.isfile(p)]
-        progress = _Progress(sum(sizes) if len(sizes) == len(paths) else None)
+        progress = _Progress(sum(sizes) if len(sizes) == len(paths) else None, force=_setting(args, ctx, "progress") == "always")
     aggregate_mode = bool(_setting(args, ctx, "aggregate", False))
     rejects_stream, write_rejects = _rejects_writer(_setting(args, ctx, "rejects"))
     collected: list = []

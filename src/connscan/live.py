@@ -82,8 +82,9 @@ def collect(include_loopback: bool = False, impl: str | None = None, tables: str
 
     impl: None picks the /proc fast path on Linux (compiled or twin, see connscan._native)
     and falls back to psutil on error or elsewhere; "c", "py" or "psutil" force one.
-    Listening and unconnected sockets are never evaluated (listening ones give
-    ``listening``, for direction); loopback peers only with include_loopback.
+    Listening sockets are never evaluated (they give ``listening``, for direction);
+    sockets with a loopback peer or none (remote 0.0.0.0 / ::, rport -1) only with
+    include_loopback.
     tables (fast path): "netlink" reads the socket tables over netlink sock_diag (falling
     back to /proc/net per table where it is unavailable), "proc" reads /proc/net only.
     """
@@ -335,14 +336,21 @@ def _count(skipped: Counter, reason: str, mask: np.ndarray) -> None:
         skipped[reason] += n
 
 
-def _lookup(keys: np.ndarray, values: list[str], wanted: np.ndarray) -> pa.Array:
-    """values[index of wanted in sorted keys] per row, "" where wanted is not a key."""
-    if not len(keys):
-        return pc.fill_null(pa.nulls(len(wanted), pa.string()), "")
-    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    hit = keys[pos] == wanted
-    taken = pc.take(pa.array(values, pa.string()), pa.array(pos, mask=~hit))
-    return pc.fill_null(taken, "")
+def _positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index of each wanted value in the sorted keys, -1 where it is not one."""
+    pos = np.full(len(wanted), -1, np.int64)
+    if len(keys):
+        found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        hit = keys[found] == wanted
+        pos[hit] = found[hit]
+    return pos
+
+
+def _dictionary(values: list[str], pos: np.ndarray) -> pa.DictionaryArray:
+    """values[pos] per row ("" for -1), dictionary-encoded: a process's command line
+    (kilobytes for a Java server) is stored once, not once per socket."""
+    table = pa.array(list(values) + [""], pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(np.where(pos < 0, len(values), pos), pa.int32()), table)
 
 
 def _finish(raw: dict, include_loopback: bool, records_read: int, skipped: Counter,
@@ -355,11 +363,11 @@ def _finish(raw: dict, include_loopback: bool, records_read: int, skipped: Count
     # A bound, unconnected UDP socket is how a UDP server listens.
     udp_ports = np.unique(lport[(proto == _UDP) & unconnected])
     _count(skipped, "listening", listening)
-    _count(skipped, "unconnected", unconnected)
-    keep = ~(listening | unconnected)
+    keep = ~listening
     if not include_loopback:
+        _count(skipped, "unconnected", unconnected)
         _count(skipped, "loopback", loopback)
-        keep &= ~loopback
+        keep &= ~(unconnected | loopback)
 
     pid = raw["pid"]
     pids = np.unique(pid[keep & (pid >= 0)])
@@ -378,15 +386,15 @@ def _finish(raw: dict, include_loopback: bool, records_read: int, skipped: Count
         hint = "run as root to see them" if hasattr(os, "geteuid") and os.geteuid() != 0 else "their owners are not visible here"
         warnings.append(f"{no_process} sockets without a process: {hint}")
 
-    user = _lookup(alive, [i[3] for i in info_rows], row_pid)
+    pid_pos = _positions(alive, row_pid)
     # Without a process, the socket's owner uid still says who opened it (an ownerless
     # TIME_WAIT socket reports uid 0, which says nothing).
-    by_socket = (row_pid < 0) & ~raw["ownerless"][rows] & (raw["uid"][rows] >= 0)
-    socket_uids = np.unique(raw["uid"][rows][by_socket])
-    if len(socket_uids):
-        names = [_user_of_uid(int(u)) for u in socket_uids]
-        by_uid = _lookup(socket_uids, names, np.where(by_socket, raw["uid"][rows], -1))
-        user = pc.if_else(pa.array(by_socket), by_uid, user)
+    row_uid = raw["uid"][rows]
+    by_socket = (row_pid < 0) & ~raw["ownerless"][rows] & (row_uid >= 0)
+    socket_uids = np.unique(row_uid[by_socket])
+    uid_pos = _positions(socket_uids, np.where(by_socket, row_uid, -1))
+    user_pos = np.where(by_socket & (uid_pos >= 0), len(alive) + uid_pos, pid_pos)
+    users = [i[3] for i in info_rows] + [_user_of_uid(int(u)) for u in socket_uids]
 
     row_proto = proto[rows]
     row_lport = lport[rows]
@@ -396,15 +404,15 @@ def _finish(raw: dict, include_loopback: bool, records_read: int, skipped: Count
         "lip": raw["lip"].take(take),
         "lport": pa.array(row_lport, pa.int32()),
         "rip": raw["rip"].take(take),
-        "rport": pa.array(raw["rport"][rows], pa.int32()),
+        "rport": pa.array(np.where(raw["rport"][rows] == 0, -1, raw["rport"][rows]), pa.int32()),  # -1: none
         "proto": pc.take(pa.array(PROTOCOLS), pa.array(row_proto)),
         "family": pa.array(raw["family"][rows], pa.int8()),
         "status": pc.take(pa.array(STATUS_NAMES), pa.array(raw["status"][rows])),
         "pid": pa.array(row_pid, pa.int64()),
-        "name": _lookup(alive, [i[0] for i in info_rows], row_pid),
-        "command": _lookup(alive, [i[1] for i in info_rows], row_pid),
-        "exe": _lookup(alive, [i[2] for i in info_rows], row_pid),
-        "user": user,
+        "name": _dictionary([i[0] for i in info_rows], pid_pos),
+        "command": _dictionary([i[1] for i in info_rows], pid_pos),
+        "exe": _dictionary([i[2] for i in info_rows], pid_pos),
+        "user": _dictionary(users, user_pos),
         "direction": pc.take(pa.array(DIRECTIONS), pa.array(inbound.astype(np.int8))),
         "check_local": pa.array(np.zeros(len(rows), bool)),
     })

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connscan.errors import ConfigError
-from connscan.findings import LEVELS, Finding, Reason
+from connscan.findings import Finding, Reason
 
 __all__ = [
     "BUILTIN_SUSPICIOUS_PORTS",
@@ -154,11 +154,6 @@ def level_for(score: float, config: RuleConfig | None = None) -> str:
     return "Info"
 
 
-def level_rank(level: str) -> int:
-    """0 Info .. 3 Alert, for comparisons such as --fail-level."""
-    return LEVELS.index(level)
-
-
 def _network_engine(networks):
     """A small Engine whose signatures are ``networks`` (membership tests)."""
     from connscan.engine import Engine
@@ -207,6 +202,33 @@ def _equals(table: pa.Table, name: str, value: str) -> np.ndarray:
     return pc.fill_null(pc.equal(col, value), False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
+def _isolated_signatures(signatures) -> np.ndarray:
+    """Per signature index: True when its range overlaps no other signature's range, so it
+    is the only match of any address inside it (no engine.matches call needed)."""
+    isolated = np.zeros(len(signatures), dtype=bool)
+    if not hasattr(signatures, "v4_ranges"):
+        return isolated  # unknown shape: always ask the engine
+    start, end, index = signatures.v4_ranges()
+    families = [(np.asarray(start, np.int64), np.asarray(end, np.int64), np.asarray(index))]
+    hi0, lo0, hi1, lo1, index6 = signatures.v6_ranges()
+    if len(index6):
+        # 128-bit values as Python ints in object arrays: fine for the (few) IPv6 signatures.
+        as_int = np.frompyfunc(lambda h, l: (int(h) << 64) | int(l), 2, 1)
+        families.append((as_int(hi0, lo0), as_int(hi1, lo1), np.asarray(index6)))
+    for first, last, idx in families:
+        if len(idx) == 0:
+            continue
+        order = np.lexsort((-last, first)) if first.dtype != object else np.array(
+            sorted(range(len(idx)), key=lambda i: (first[i], -last[i])), dtype=np.int64)
+        first, last, idx = first[order], last[order], idx[order]
+        reach = np.maximum.accumulate(last)  # furthest end among ranges starting earlier
+        overlapped = np.zeros(len(idx), dtype=bool)
+        overlapped[1:] |= reach[:-1] >= first[1:]
+        overlapped[:-1] |= first[1:] <= last[:-1]
+        isolated[idx[~overlapped]] = True
+    return isolated
+
+
 def _network_ends(network: str) -> tuple[str, str]:
     """First and last address of a signature network ("a/n" or "a-b")."""
     if "-" in network:
@@ -236,8 +258,10 @@ class Evaluator:
         self._nodirect_engine = _network_engine(self.config.no_direct_internet) if self.config.no_direct_internet else None
         self._relevant_set = frozenset(self.config.relevant_countries)
         self._reason_cache: dict[tuple, Reason] = {}
-        self._score_cache: dict[tuple, tuple[float, str]] = {}
+        self._signature_infos: dict[int, tuple[Reason, int | None]] = {}
+        self._outcome_cache: dict[tuple, tuple[float, str, str]] = {}
         self._matches_cache: dict[str, list[int]] = {}
+        self._isolated: np.ndarray | None = None  # computed at the first signature hit
         self._allow_paths = [p.casefold() for p in self.config.allow_processes if "/" in p or "\\" in p]
         self._allow_names = [p.casefold() for p in self.config.allow_processes if not ("/" in p or "\\" in p)]
 
@@ -330,53 +354,67 @@ class Evaluator:
         inbound_rows = inbound[rows].tolist()
         country_rows = [cc.decode("ascii") or None for cc in country[rows].tolist()]
         now = datetime.now(timezone.utc)
+        rips, lips, rports, lports = col["rip"], col["lip"], col["rport"], col["lport"]
+        names, exes, pids = col["name"], col["exe"], col["pid"]
+        suspicious, relevant = cfg.suspicious_ports, self._relevant_set
+        check_process = bool(self._allow_names or self._allow_paths)
+        keep_info = cfg.all_connections
+        hostname, limit = self.hostname, cfg.max_reasons or None
         findings = []
         for k in range(len(rows)):
-            rip, lip = col["rip"][k], col["lip"][k]
-            rport, lport = col["rport"][k], col["lport"][k]
             reasons: list[Reason] = []
             negatives: list[Reason] = []
             if rsig_rows[k] >= 0:
-                self._signature_reasons(rip, rport, reasons, negatives)
+                self._signature_reasons(rips[k], rports[k], rsig_rows[k], reasons, negatives)
             if lsig_rows[k] is not None and lsig_rows[k] >= 0:
-                self._signature_reasons(lip, lport, reasons, negatives)
+                self._signature_reasons(lips[k], lports[k], lsig_rows[k], reasons, negatives)
             if nodirect_rows[k] is not None and nodirect_rows[k] >= 0:
                 reasons.append(self._direct_reason(nodirect_rows[k]))
-            port = port_rows[k]
-            if port in cfg.suspicious_ports:
-                reasons.append(self._port_reason(port))
+            if port_rows[k] in suspicious:
+                reasons.append(self._port_reason(port_rows[k]))
             cc = country_rows[k]
-            if cc in self._relevant_set:
+            if cc in relevant:
                 reasons.append(self._geoip_reason(cc, inbound_rows[k]))
-            if self._allow_names or self._allow_paths:
-                allowed = self._process_allowlisted(col["name"][k], col["exe"][k])
+            if check_process:
+                allowed = self._process_allowlisted(names[k], exes[k])
                 if allowed is not None:
-                    negatives.append(Reason("allowlist", -abs(float(cfg.allow_process_score)), allowed,
-                                            f"process {allowed}", "allow_processes"))
-            reasons.extend(negatives)
-            score, level = self._score_level(tuple(reason.score for reason in reasons))
-            if level == "Info" and not cfg.all_connections:
+                    negatives.append(self._process_reason(allowed))
+            reasons += negatives
+            score, level, message = self._outcome(reasons)
+            if level == "Info" and not keep_info:
                 continue
-            pid = col["pid"][k]
+            pid = pids[k]
             # Positional, in Finding's field order: several times faster than keywords.
             findings.append(Finding(
-                now, self.hostname, level, _message(reasons), score, col["proto"][k],
-                lip, _port(lport), rip, _port(rport), col["direction"][k] or "unknown", cc,
-                reasons[: cfg.max_reasons] if cfg.max_reasons else reasons, "ProcessConnections",
-                None if pid is None or pid < 0 else pid, col["name"][k] or None, col["command"][k] or None,
-                col["exe"][k] or None, col["user"][k] or None, col["status"][k] or None,
+                now, hostname, level, message, score, col["proto"][k],
+                lips[k], _port(lports[k]), rips[k], _port(rports[k]), col["direction"][k] or "unknown", cc,
+                reasons[:limit], "ProcessConnections",
+                None if pid is None or pid < 0 else pid, names[k] or None, col["command"][k] or None,
+                exes[k] or None, col["user"][k] or None, col["status"][k] or None,
                 col["file"][k], col["row"][k], col["start"][k],
             ))
         return findings
 
     # Reasons are immutable: the evaluator builds each distinct one once and shares it.
 
-    def _score_level(self, sub_scores: tuple) -> tuple[float, str]:
-        known = self._score_cache.get(sub_scores)
+    def _outcome(self, reasons: list[Reason]) -> tuple[float, str, str]:
+        """(score, level, message) of a reason list; cached by reason identity (shared objects)."""
+        key = tuple(map(id, reasons))
+        known = self._outcome_cache.get(key)
         if known is None:
-            score = combine_scores(sub_scores)
-            known = self._score_cache[sub_scores] = (score, level_for(score, self.config))
+            if len(self._outcome_cache) > 200_000:
+                self._outcome_cache.clear()  # bound memory on long flow runs
+            score = combine_scores([reason.score for reason in reasons])
+            known = self._outcome_cache[key] = (score, level_for(score, self.config), _message(reasons))
         return known
+
+    def _process_reason(self, allowed: str) -> Reason:
+        reason = self._reason_cache.get(("process", allowed))
+        if reason is None:
+            reason = self._reason_cache[("process", allowed)] = Reason(
+                "allowlist", -abs(float(self.config.allow_process_score)), allowed, f"process {allowed}",
+                "allow_processes")
+        return reason
 
     def _port_reason(self, port: int) -> Reason:
         reason = self._reason_cache.get(("port", port))
@@ -404,28 +442,32 @@ class Evaluator:
                 "outbound connection to a public address", "no_direct_internet")
         return reason
 
-    def _signature_reason(self, index: int) -> Reason:
-        reason = self._reason_cache.get(("sig", index))
-        if reason is None:
+    def _signature_info(self, index: int) -> tuple[Reason, int | None]:
+        """The reason a signature gives and its port (IP+port signatures), built once."""
+        info = self._signature_infos.get(index)
+        if info is None:
             sig = self._signature(index)
-            if sig.kind == "allowlist" or sig.score < 0:
-                reason = Reason("allowlist", -abs(float(sig.score)), sig.network, sig.description, sig.source)
-            else:
-                reason = Reason("c2", float(sig.score), sig.network, sig.description, sig.source)
-            self._reason_cache[("sig", index)] = reason
-        return reason
+            kind = "allowlist" if sig.kind == "allowlist" or sig.score < 0 else "c2"
+            score = -abs(float(sig.score)) if kind == "allowlist" else float(sig.score)
+            info = self._signature_infos[index] = (
+                Reason(kind, score, sig.network, sig.description, sig.source), sig.port)
+        return info
 
-    def _signature_reasons(self, addr, port, reasons, negatives) -> None:
-        indices = self._matches_cache.get(addr)
-        if indices is None:
-            if len(self._matches_cache) > 100_000:
-                self._matches_cache.clear()  # bound memory on long flow runs
-            indices = self._matches_cache[addr] = list(self.engine.matches(addr))
+    def _signature_reasons(self, addr, port, most_specific: int, reasons, negatives) -> None:
+        if self._isolated is None:
+            self._isolated = _isolated_signatures(self.signatures)
+        if most_specific < len(self._isolated) and self._isolated[most_specific]:
+            indices = (most_specific,)  # it overlaps no other signature: the only match
+        else:
+            indices = self._matches_cache.get(addr)
+            if indices is None:
+                if len(self._matches_cache) > 100_000:
+                    self._matches_cache.clear()  # bound memory on long flow runs
+                indices = self._matches_cache[addr] = list(self.engine.matches(addr))
         for i in indices:
-            sig_port = self._signature(i).port
+            reason, sig_port = self._signature_info(i)
             if sig_port is not None and sig_port != port:
                 continue  # an IP+port signature (e.g. Feodo) matches only on its port
-            reason = self._signature_reason(i)
             (negatives if reason.kind == "allowlist" else reasons).append(reason)
 
     def _process_allowlisted(self, name, exe) -> str | None:

@@ -59,7 +59,7 @@ BATCH_SCHEMA = pa.schema(
 )
 
 DEFAULT_BATCH_ROWS = 131_072
-DEFAULT_BLOCK_BYTES = 16 << 20
+DEFAULT_BLOCK_BYTES = 4 << 20  # small enough to stay in cache between split and gather
 
 FORMATS = (
     "nfdump-csv",

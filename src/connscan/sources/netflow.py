@@ -4,17 +4,20 @@ Inputs are raw export packets, either captured in pcap / pcapng files (Ethernet,
 Linux cooked or loopback link types; IPv4/IPv6 + UDP) or stored as raw UDP payload files
 (one v9 packet per file; v5 packets and IPFIX messages may be concatenated, since their
 headers carry their length). Templates are learnt from the stream and scoped by
-(exporter, version, source id / observation domain, template id). A data set whose template
-has not arrived yet is buffered until it does, also across files read by one
-`NetflowSession`; what never gets a template is rejected as "unknown template", never guessed.
+(exporter, version, source id / observation domain, template id); the exporter is the
+capture's source address, and unknown ("") for payload files, so payload files of different
+devices read in one run share one template space. A data set whose template has not arrived
+yet is buffered until it does, also across the files of one `NetflowSession`; what never
+gets a template is rejected as "unknown template", never guessed.
 
 Every length and offset read from a packet is checked before use: a malformed packet, set
 or record is counted as rejected with its reason (in the file's account), never a crash.
 
-Row numbers count the flow records of a file (records of data templates that carry
-addresses) from 1 in decoding order; records decoded late, once their template arrives,
-get the next free numbers of the file they were read from. Options records and records
-without addresses are not flows: they are counted as skipped, with their reason.
+Row numbers count the data records of a file from 1, in file order, rejected ones included
+(a malformed packet or set counts as one record); records decoded late, once their
+template arrives, get the next free numbers of the file they were read from. Options
+records and records without addresses are not flows: they are counted as skipped.
+Captured packets that are not IP/UDP are counted as skipped packets, without row numbers.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ PENDING_LIMIT = 64 * 1024 * 1024
 # No captured frame is this large; a bigger pcap record length means a corrupt file.
 MAX_CAPTURE_RECORD = 16 * 1024 * 1024
 V5_MAX_COUNT = 30  # Cisco's limit for one v5 packet
+MAX_DATAGRAM = 65535  # the largest UDP payload
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 UNKNOWN = np.iinfo(np.int64).min  # an unknown time
 
@@ -155,10 +159,10 @@ def make_template(version: int, template_id: int, fields: list, options: bool) -
     position = 0
     problem = None
     for ie, length, enterprise in fields:
-        if enterprise == 0 and ie in WANTED and ie not in offsets:
+        if enterprise == 0 and ie in WANTED and ie not in offsets and length != 0:  # 0 bytes: absent
             offsets[ie] = (position, length)
             wanted_length = ADDRESS_LENGTH.get(ie)
-            if length == VARIABLE or length == 0 or length > 8 and wanted_length is None:
+            if length == VARIABLE or length > 8 and wanted_length is None:
                 problem = problem or f"element {ie} has unusable length {length}"
             elif wanted_length is not None and length != wanted_length:
                 problem = problem or f"address element {ie} has length {length}, not {wanted_length}"
@@ -238,6 +242,8 @@ class NetflowSession:
         self.files: dict[str, _FileCursor] = {}
         self._columns: dict[str, Columns] = {}
         self._bulk: dict[str, dict] = {}  # file -> {id(template): BulkSets}
+        self._growing: set[str] = set()  # files with records not yet in a batch
+        self._order: dict[str, int] = {}  # file -> position in the run
 
     def account(self, source_name: str):
         return self.files[source_name].account
@@ -258,6 +264,7 @@ class NetflowSession:
             cursor = self.files[source_name] = _FileCursor(source_name, account or FileAccount(source_name))
         self._columns.setdefault(source_name, Columns())
         self._bulk.setdefault(source_name, {})
+        self._order.setdefault(source_name, len(self._order))
         stream, close = _open(source, source_name)
         try:
             for exporter, payload in _payloads(stream, cursor):
@@ -450,26 +457,32 @@ class NetflowSession:
         if template.problem:
             account.reject("bad template", f"template {template.template_id}: {template.problem}")
             return
-        if template.bulk:
-            self._defer(template, body, context, account)
-            return
-        if template.record_length is not None:
-            count = len(body) // template.record_length  # what is left over is padding
-            if count == 0:
-                return
-            records = np.frombuffer(body, np.uint8, count * template.record_length).reshape(
-                count, template.record_length
-            )
-            values = {ie: _uint(records, offset, length) if length <= 8 else records[:, offset : offset + length]
-                      for ie, (offset, length) in template.offsets.items()}
-        else:
+        if template.record_length is None:
             try:
                 values, count = _variable_records(template, body)
             except MalformedPacket as exc:
                 account.reject("malformed record", f"template {template.template_id}: {exc}")
                 return
-            if count == 0:
-                return
+            if count:
+                self._records(template, values, count, context, account)
+            return
+        count = len(body) // template.record_length
+        if count and template.bulk:
+            self._defer(template, body, context, account)
+        elif count:
+            records = np.frombuffer(body, np.uint8, count * template.record_length).reshape(
+                count, template.record_length)
+            values = {ie: _uint(records, offset, length) if length <= 8 else records[:, offset : offset + length]
+                      for ie, (offset, length) in template.offsets.items()}
+            self._records(template, values, count, context, account)
+        rest = body[count * template.record_length :]
+        # Padding is zeros (v9 pads to 4 bytes, and only SHOULD use zeros); more is a cut record.
+        if any(rest) and (len(rest) >= 4 or template.version == 10):
+            account.reject("malformed record",
+                           f"template {template.template_id}: {len(rest)} bytes after the last whole record")
+
+    def _records(self, template: Template, values: dict, count: int, context: PacketContext,
+                 account: _FileCursor) -> None:
         if template.options:
             init = values.get(IE_SYSTEM_INIT_MS)
             if init is not None and len(init):
@@ -481,9 +494,7 @@ class NetflowSession:
     def _defer(self, template: Template, body: bytes, context: PacketContext, account: _FileCursor) -> None:
         """Keep a set of flow records for decoding with the others of its template (numpy per
         batch, not per packet); its rows are numbered now, in file order."""
-        count = len(body) // template.record_length  # what is left over is padding
-        if count == 0:
-            return
+        count = len(body) // template.record_length
         sets = self._bulk[account.name].get(id(template))
         if sets is None:
             sets = self._bulk[account.name][id(template)] = BulkSets(template, context.exporter, context.domain)
@@ -494,6 +505,7 @@ class NetflowSession:
         sets.init_ms.append(self.system_init_ms.get((context.exporter, context.domain), UNKNOWN))
         sets.first_rows.append(account.take_rows(count))
         self._columns[account.name].rows += count
+        self._growing.add(account.name)
 
     def _decode_deferred(self, name: str) -> None:
         for sets in self._bulk[name].values():
@@ -517,7 +529,7 @@ class NetflowSession:
         has4 = IE_SRC4 in values and IE_DST4 in values
         has6 = IE_SRC6 in values and IE_DST6 in values
         if not (has4 or has6):
-            account.skip(f"records without addresses (template {template.template_id})", count)
+            account.skip("records without addresses", count)
             return
         kind = np.full(count, 4 if has4 else 6, np.uint8)
         src4 = values[IE_SRC4].astype(np.uint32) if has4 else None
@@ -575,15 +587,18 @@ class NetflowSession:
             rows = np.arange(first, first + len(part["kind"]), dtype=np.int64)
         part["row"] = rows
         self._columns[account.name].add(part)
+        self._growing.add(account.name)
 
     # ---- batches -------------------------------------------------------------------
 
     def _batches(self, minimum_rows: int) -> Iterator[tuple[str, pa.RecordBatch]]:
-        for name, columns in self._columns.items():
+        for name in sorted(self._growing, key=self._order.get):  # files in reading order
+            columns = self._columns[name]
             if columns.rows >= minimum_rows:
                 self._decode_deferred(name)
                 yield name, _build_batch(columns.parts)
                 columns.parts, columns.rows = [], 0
+                self._growing.discard(name)
 
 
 SOURCE_METADATA_KEY = b"connscan.file"
@@ -665,25 +680,30 @@ def _payloads(stream: BinaryIO, account: _FileCursor) -> Iterator[tuple[str, byt
 
 
 def _raw(stream: BinaryIO, head: bytes, account: _FileCursor) -> Iterator[tuple[str, bytes]]:
-    """Raw payload files: v5 packets and IPFIX messages are self-delimiting, v9 is one packet."""
-    data = head + stream.read()
-    position = 0
-    while position < len(data):
-        rest = len(data) - position
-        version = struct.unpack_from(">H", data, position)[0] if rest >= 2 else None
-        if version == 5 and rest >= 4:
-            count = struct.unpack_from(">H", data, position + 2)[0]
-            size = 24 + 48 * count if 1 <= count <= V5_MAX_COUNT else rest
-        elif version == 10 and rest >= 4:
-            size = struct.unpack_from(">H", data, position + 2)[0]
-            if size < 16:
-                size = rest
+    """Raw payload files: v5 packets and IPFIX messages are self-delimiting (read one at a
+    time); anything else is one datagram, the rest of the file."""
+    start = head
+    while True:
+        start += stream.read(4 - len(start))
+        if not start:
+            return
+        version, second = struct.unpack(">HH", start) if len(start) == 4 else (None, 0)
+        if version == 5 and 1 <= second <= V5_MAX_COUNT:
+            size = 24 + 48 * second
+        elif version == 10 and second >= 16:
+            size = second
         else:
-            size = rest
-        yield "", data[position : position + size]
-        position += size
-        if position < len(data) and not any(data[position:]):
-            break  # zero padding after the last packet
+            packet = start + stream.read(MAX_DATAGRAM + 1 - len(start))
+            if not any(packet):
+                return  # zero padding after the last packet
+            if len(packet) > MAX_DATAGRAM:
+                account.reject("malformed packet", f"packet {account.packets + 1}: more than {MAX_DATAGRAM} bytes "
+                               "without a v5/IPFIX length (one v9 packet per file)")
+                return
+            yield "", packet
+            return
+        yield "", start + stream.read(size - len(start))  # a short read is rejected as truncated
+        start = b""
 
 
 def _pcap(stream: BinaryIO, magic: bytes, account: _FileCursor) -> Iterator[tuple[str, bytes]]:
@@ -805,6 +825,9 @@ def _udp_payload(frame: bytes, linktype: int, order: str, account: _FileCursor, 
         return
     if payload is None:
         account.skip("non-UDP packets", records=False)
+        return
+    if payload[:2] not in (b"\x00\x05", b"\x00\x09", b"\x00\x0a"):  # other traffic in the capture
+        account.skip("non-NetFlow UDP packets", records=False)
         return
     yield exporter, payload
 

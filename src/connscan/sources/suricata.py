@@ -71,6 +71,3 @@ def read(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> It
             pa.array(start, pa.int64()).cast(_batch.START_TYPE),
             options.batch_rows,
         )
-
-
-
