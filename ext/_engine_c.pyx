@@ -84,21 +84,23 @@ cdef class Tables:
     cdef const int32_t[::1] m6_sigs
 
     def __init__(self, dict arrays, Py_ssize_t n_signatures):
-        cdef const uint64_t[::1] values = _array(arrays, "values", np.uint64)
-        cdef const uint32_t[::1] v4_starts = _array(arrays, "v4_starts", np.uint32)
-        cdef const uint32_t[::1] v4_value = _array(arrays, "v4_value", np.uint32)
-        cdef const uint32_t[::1] v4_l1 = _array(arrays, "v4_l1", np.uint32)
-        cdef const uint32_t[:, ::1] v4_seg = _array(arrays, "v4_seg", np.uint32, 2)
-        cdef const uint64_t[:, ::1] v6_keys = _array(arrays, "v6_keys", np.uint64, 2)
-        cdef const uint32_t[::1] v6_value = _array(arrays, "v6_value", np.uint32)
-        cdef const uint32_t[::1] v6_index = _array(arrays, "v6_index", np.uint32)
-        self.m4_starts = _array(arrays, "m4_starts", np.uint32)
-        self.m4_offsets = _array(arrays, "m4_offsets", np.int64)
-        self.m4_sigs = _array(arrays, "m4_sigs", np.int32)
-        self.m6_keys = _array(arrays, "m6_keys", np.uint64, 2)
-        self.m6_offsets = _array(arrays, "m6_offsets", np.int64)
-        self.m6_sigs = _array(arrays, "m6_sigs", np.int32)
-        self.arrays = dict(arrays)
+        # The raw pointers below point into these arrays (contiguous copies if need be).
+        kept = {name: _array(arrays, name, dtype, ndim) for name, dtype, ndim in _SECTIONS}
+        self.arrays = kept
+        cdef const uint64_t[::1] values = kept["values"]
+        cdef const uint32_t[::1] v4_starts = kept["v4_starts"]
+        cdef const uint32_t[::1] v4_value = kept["v4_value"]
+        cdef const uint32_t[::1] v4_l1 = kept["v4_l1"]
+        cdef const uint32_t[:, ::1] v4_seg = kept["v4_seg"]
+        cdef const uint64_t[:, ::1] v6_keys = kept["v6_keys"]
+        cdef const uint32_t[::1] v6_value = kept["v6_value"]
+        cdef const uint32_t[::1] v6_index = kept["v6_index"]
+        self.m4_starts = kept["m4_starts"]
+        self.m4_offsets = kept["m4_offsets"]
+        self.m4_sigs = kept["m4_sigs"]
+        self.m6_keys = kept["m6_keys"]
+        self.m6_offsets = kept["m6_offsets"]
+        self.m6_sigs = kept["m6_sigs"]
 
         cdef Py_ssize_t nv = values.shape[0], n4 = v4_starts.shape[0], n6 = v6_keys.shape[0]
         cdef Py_ssize_t nseg = v4_seg.shape[0], i
@@ -141,7 +143,16 @@ cdef class Tables:
         self.v6.shift = 64 - v6_bits
 
 
-def _array(dict arrays, str name, dtype, int ndim=1):
+_SECTIONS = [
+    ("values", np.uint64, 1), ("v4_starts", np.uint32, 1), ("v4_value", np.uint32, 1),
+    ("v4_l1", np.uint32, 1), ("v4_seg", np.uint32, 2), ("v6_keys", np.uint64, 2),
+    ("v6_value", np.uint32, 1), ("v6_index", np.uint32, 1), ("m4_starts", np.uint32, 1),
+    ("m4_offsets", np.int64, 1), ("m4_sigs", np.int32, 1), ("m6_keys", np.uint64, 2),
+    ("m6_offsets", np.int64, 1), ("m6_sigs", np.int32, 1),
+]
+
+
+def _array(dict arrays, str name, dtype, int ndim):
     array = arrays.get(name)
     if not isinstance(array, np.ndarray) or array.dtype != dtype or array.ndim != ndim:
         raise ValueError(f"table {name} must be a {ndim}-d {np.dtype(dtype).name} array")

@@ -633,7 +633,7 @@ cdef int push(Growing* v, const void* value) noexcept nogil:
 
 
 cdef enum:
-    BATCH_PROCESSES = 256  # fd folders held open at once (bounded by RLIMIT_NOFILE)
+    BATCH_PROCESSES = 64  # fd folders held open at once (well below any RLIMIT_NOFILE)
     MIN_ITEMS_PER_THREAD = 2048
     MAX_THREADS = 16
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import random
@@ -15,11 +16,14 @@ import maxminddb
 import psutil
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connscan import __version__, cli, live
 from connscan.config import load_config_file, resolve_settings
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+LOOPBACK_NET = "127.77.0.0/16"  # the tests' own loopback addresses
 
 
 # --------------------------------------------------------------------------- a tiny MMDB writer
@@ -48,7 +52,8 @@ def _encode(value) -> bytes:
 
 
 def write_mmdb(path: Path, networks: list[tuple[str, str]]) -> None:
-    """An IPv4 MaxMind DB (record size 24) mapping each CIDR to {"country_code": CC}."""
+    """An IPv4 MaxMind DB (record size 24) mapping each CIDR to {"country_code": CC};
+    list broader networks before the networks nested in them."""
     data, offsets = b"", {}
     for cc in sorted({cc for _, cc in networks}):
         offsets[cc] = len(data)
@@ -61,7 +66,7 @@ def write_mmdb(path: Path, networks: list[tuple[str, str]]) -> None:
         for i in range(length - 1):
             bit = (bits >> (31 - i)) & 1
             if not isinstance(node[bit], list):
-                node[bit] = [None, None]
+                node[bit] = [node[bit], node[bit]]  # a broader network's value goes down both ways
             node = node[bit]
         node[(bits >> (32 - length)) & 1] = cc
     nodes: list[list] = []
@@ -94,10 +99,14 @@ def loopback_mmdb(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("CONNSCAN_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # GeoIP and engine caches of this test only
     path = tmp_path / "loopback-kp.mmdb"
-    write_mmdb(path, [("127.0.0.0/8", "KP"), ("192.0.2.0/24", "DE")])
+    # 127.0.0.0/8 is located (DE) and the tests' own 127.77.0.0/16 is in a relevant country
+    # (KP): other loopback traffic on the host (benchmarks, services) stays out of the findings.
+    write_mmdb(path, [("127.0.0.0/8", "DE"), (LOOPBACK_NET, "KP"), ("192.0.2.0/24", "NL")])
     with maxminddb.open_database(str(path)) as reader:  # the fixture is what the official reader reads
-        assert reader.get("127.1.2.3") == {"country_code": "KP"}
-        assert reader.get("192.0.2.200") == {"country_code": "DE"}
+        assert reader.get("127.1.2.3") == {"country_code": "DE"}
+        assert reader.get("127.77.5.1") == {"country_code": "KP"}
+        assert reader.get("127.78.0.1") == {"country_code": "DE"}
+        assert reader.get("192.0.2.200") == {"country_code": "NL"}
         assert reader.get("8.8.8.8") is None
     return path
 
@@ -105,13 +114,17 @@ def loopback_mmdb(tmp_path, monkeypatch) -> Path:
 # --------------------------------------------------------------------------- real connections
 
 
+_SLOTS = itertools.count(random.randrange(65536))
+
+
 class Loopback:
     """A listener on a random 127/8 address and N client sockets from another one."""
 
     def __init__(self, count: int = 4):
-        rng = random.Random()
-        base = f"127.{rng.randint(1, 254)}.{rng.randint(1, 254)}"
-        self.server_ip, self.client_ip = f"{base}.1", f"{base}.2"
+        # Fresh addresses per instance: sockets of earlier tests linger in TIME_WAIT.
+        slot = next(_SLOTS) % 65536
+        self.server_ip = f"127.77.{slot >> 8}.{slot & 255}"  # inside LOOPBACK_NET
+        self.client_ip = f"127.78.{slot >> 8}.{slot & 255}"
         self.listener = socket.socket()
         self.listener.bind((self.server_ip, 0))
         self.listener.listen(count)
@@ -221,13 +234,30 @@ def test_text_output_and_tag(tmp_path, loopback, loopback_mmdb, capsys):
 
 
 def test_inbound_and_outbound_both_seen(tmp_path, loopback, loopback_mmdb, capsys):
+    iocs = tmp_path / "c2.txt"
+    iocs.write_text(f"{loopback.server_ip}\n{loopback.client_ip}\n")  # both ends of our connections
     out = tmp_path / "out.jsonl"
-    code, _, _ = _run(["scan", "--include-loopback", "--geoip", str(loopback_mmdb), "--relevant-countries", "",
-                       "--all-connections", "--format", "jsonl", "--output", str(out)], capsys)
+    code, _, _ = _run(["scan", "--include-loopback", "--iocs", str(iocs), "--geoip", str(loopback_mmdb),
+                       "--relevant-countries", "", "--format", "jsonl", "--output", str(out)], capsys)
     ours = {_tuple(f): f for f in _ours(_jsonl(out), loopback)}
     assert set(ours) == loopback.client_tuples() | loopback.server_tuples()
-    assert Counter(f["direction"] for f in ours.values()) == {"outbound": 4, "inbound": 4}
-    assert all(f["level"] == "Info" and f["message"] == "Established connection" for f in ours.values())
+    assert {key: f["direction"] for key, f in ours.items()} == {
+        **{key: "outbound" for key in loopback.client_tuples()}, **{key: "inbound" for key in loopback.server_tuples()}}
+    assert all(f["pid"] == os.getpid() and f["level"] == "Alert" for f in ours.values())
+    assert code == 1
+
+
+def test_all_connections_reports_unflagged_ones_as_info(tmp_path, loopback_mmdb, monkeypatch, capsys):
+    rows = {"lip": ["10.0.0.1"], "lport": [50000], "rip": ["192.0.2.7"], "rport": [443], "proto": ["tcp"],
+            "direction": ["outbound"], "pid": [42], "name": ["curl"], "command": ["curl https://example.org"]}
+    snapshot = live.LiveSnapshot(batch=pa.table(rows), records_read=1)
+    monkeypatch.setattr(live, "collect", lambda include_loopback=False: snapshot)
+    out = tmp_path / "out.jsonl"
+    code, _, _ = _run(["scan", "--geoip", str(loopback_mmdb), "--all-connections", "--format", "jsonl",
+                       "--output", str(out)], capsys)
+    [finding] = _jsonl(out)
+    assert (finding["level"], finding["message"], finding["country"], finding["pid"]) == (
+        "Info", "Established connection", "NL", 42)
     assert code == 0
 
 
@@ -287,6 +317,12 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert code == 2 and "none.toml" in err
     code, _, err = _run(["scan", "--notice", "90"], capsys)
     assert code == 2 and "notice" in err
+    code, _, err = _run(["scan", "--geoip", str(tmp_path / "no.mmdb")], capsys)
+    assert code == 2 and "no.mmdb" in err
+    garbage = tmp_path / "garbage.mmdb"
+    garbage.write_bytes(b"not a MaxMind DB" * 100)
+    code, _, err = _run(["scan", "--geoip", str(garbage)], capsys)
+    assert code == 2 and "garbage.mmdb" in err
     code, _, _ = _run([], capsys)
     assert code == 2
 
@@ -393,3 +429,42 @@ def test_compiled_engine_cache_gives_the_same_findings(tmp_path, loopback, loopb
     iocs.write_text(f"{loopback.client_ip}\n")  # changed list: another cache entry
     assert _run(argv + ["--output", str(tmp_path / "x.jsonl")], capsys)[0] == 1
     assert len(list((tmp_path / "cache" / "connscan" / "engines").glob("*.engine"))) == 2
+
+
+def test_closed_output_pipe_is_not_a_crash(tmp_path, loopback, loopback_mmdb):
+    """`connscan scan | head -0`: the reader goes away; connscan still exits by its findings."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("CONNSCAN_CACHE_DIR", None)
+    iocs = tmp_path / "c2.txt"
+    iocs.write_text(f"{loopback.server_ip}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "connscan", "scan", "--include-loopback",
+                             "--iocs", str(iocs), "--geoip", str(loopback_mmdb)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # nobody reads: every write gets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err  # the C2 findings still decide the exit code
+    assert "Traceback" not in err and "output closed by the reader" in err
+
+
+_SCALARS = {"tag": st.sampled_from(["A", "THOR", "x1"]), "max_reasons": st.integers(0, 9),
+            "geoip_score": st.integers(0, 100), "format": st.sampled_from(["text", "jsonl"]),
+            "fail_level": st.sampled_from(["notice", "warning", "alert"])}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.fixed_dictionaries({}, optional=_SCALARS), st.fixed_dictionaries({}, optional=_SCALARS))
+def test_flags_win_over_file_over_defaults(in_file, in_flags):
+    resolved = resolve_settings(dict(in_flags), dict(in_file))
+    got = {"tag": resolved.tag, "max_reasons": resolved.rules.max_reasons, "geoip_score": resolved.rules.geoip_score,
+           "format": resolved.format, "fail_level": resolved.fail_level.lower()}
+    defaults = {"tag": "connscan", "max_reasons": 5, "geoip_score": 40, "format": "text", "fail_level": "alert"}
+    assert got == {key: in_flags.get(key, in_file.get(key, default)) for key, default in defaults.items()}
+
+
+def test_flows_subcommand_says_when_it_is_missing(monkeypatch, capsys):
+    import connscan
+
+    monkeypatch.setitem(sys.modules, "connscan.flows", None)  # import fails as if flows.py were absent
+    monkeypatch.delattr(connscan, "flows", raising=False)
+    code, _, err = _run(["flows"], capsys)
+    assert code == 2 and "connscan flows is not available" in err

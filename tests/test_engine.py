@@ -4,11 +4,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import threading
+import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import impl_fixture
@@ -100,7 +101,8 @@ def v4_text(value: int) -> str:
 # Values near the ends of the address spaces are where off-by-one bugs live.
 v4_values = st.one_of(st.integers(0, V4_MAX), st.integers(0, 300), st.integers(V4_MAX - 300, V4_MAX),
                       st.sampled_from([0x0A000000, 0x0A0000FF, 0x0A000100, 0x7FFFFFFF, 0x80000000]))
-v6_values = st.one_of(st.integers(0, V6_MAX), st.integers(0, 1 << 70), st.integers(V6_MAX - (1 << 70), V6_MAX),
+v6_values = st.one_of(st.integers(0, V6_MAX), st.integers(0, 1 << 70),
+                      st.integers(V6_MAX - (1 << 70), V6_MAX),
                       st.integers(0, V4_MAX).map(lambda v: 0xFFFF_0000_0000 | v),  # mapped IPv4
                       st.integers(0, 1 << 20).map(lambda v: (0x2001_0DB8 << 96) | v))
 
@@ -258,6 +260,29 @@ def test_two_threads_equal_one_call(engine_impl):
     assert (whole.signature >= 0).any() and (whole.country == b"DE").any()
 
 
+def test_native_lookup_releases_the_gil():
+    if "c" not in _native.implementations("engine"):
+        pytest.skip("connscan._engine_c not built")
+    engine = Engine(SignatureSet.from_networks(["10.0.0.0/8", "192.0.2.0/24"]), impl="c")
+    addrs = np.random.default_rng(3).integers(0, 1 << 32, 4_000_000, dtype=np.uint64).astype(np.uint32)
+    started, finished = [], []
+
+    def work():
+        started.append(time.perf_counter())
+        engine.lookup_ipv4(addrs)
+        finished.append(time.perf_counter())
+
+    thread = threading.Thread(target=work)
+    ticks = []
+    thread.start()
+    while thread.is_alive():  # this loop needs the GIL: it stalls while the lookup holds it
+        ticks.append(time.perf_counter())
+    thread.join()
+    during = [t for t in ticks if started[0] <= t <= finished[0]]
+    gaps = np.diff([started[0]] + during + [finished[0]])
+    assert gaps.max() < (finished[0] - started[0]) / 2
+
+
 def test_numeric_input_is_checked(engine_impl):
     engine = Engine(SignatureSet.from_networks(["1.0.0.0/8"]), impl=impl_name(engine_impl))
     assert engine.lookup_ipv4([0x01020304, 5]).signature.tolist() == [0, -1]
@@ -293,7 +318,8 @@ def address_texts(draw):
         return text
     if kind == 3:  # groups joined with random separators
         parts = draw(st.lists(hextet, min_size=0, max_size=9))
-        seps = draw(st.lists(st.sampled_from([":", "::", ":::", "."]), min_size=len(parts), max_size=len(parts)))
+        seps = draw(st.lists(st.sampled_from([":", "::", ":::", "."]),
+                             min_size=len(parts), max_size=len(parts)))
         text = "".join(p + s for p, s in zip(parts, seps))
         return draw(st.sampled_from([text, text[:-1], "::" + text, text + "1.2.3.4"]))
     if kind == 4:  # dotted quads with bad parts
@@ -366,7 +392,8 @@ def test_corrupt_arrow_offsets_raise(engine_impl):
     data = pa.py_buffer(b"1.2.3.41.2.3.5")
 
     def arrow(offsets):
-        return pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array(offsets, np.int32).tobytes()), data])
+        offsets_buffer = pa.py_buffer(np.array(offsets, np.int32).tobytes())
+        return pa.Array.from_buffers(pa.string(), 2, [None, offsets_buffer, data])
 
     # pyarrow's own (cheap) validation lets decreasing offsets through: ours must not.
     for offsets in ([0, 7, 3], [0, 9, 7]):

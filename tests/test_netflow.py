@@ -264,7 +264,8 @@ def test_templates_are_scoped_by_source_id():
 # --------------------------------------------------------------------------- captures
 
 
-@pytest.mark.parametrize("container", ["pcap", "pcapng", "pcap-vlan", "pcap-raw-ip", "pcap-linux-sll", "pcap-null"])
+@pytest.mark.parametrize("container", ["pcap", "pcapng", "pcap-vlan", "pcap-raw-ip", "pcap-linux-sll", "pcap-null",
+                                       "pcap-ipv6"])
 def test_capture_containers_give_the_same_flows(container):
     flows = [{"src": ipaddress.IPv4Address(f"10.0.0.{i}"), "dst": ipaddress.IPv4Address("203.0.113.5"),
               "sport": 1000 + i, "dport": 443, "proto": 6, "first": 900_000 + i} for i in range(1, 6)]
@@ -280,8 +281,17 @@ def test_capture_containers_give_the_same_flows(container):
     elif container == "pcap-linux-sll":  # packet type, ARPHRD, address length, address, protocol
         data = pcap_file([struct.pack(">HHH8sH", 0, 1, 6, bytes(8), 0x0800) + ethernet_udp(p)[14:]
                           for p in payloads], linktype=113)
-    else:  # BSD loopback: address family in host byte order
+    elif container == "pcap-null":  # BSD loopback: address family in host byte order
         data = pcap_file([struct.pack("=I", 2) + ethernet_udp(p)[14:] for p in payloads], linktype=0)
+    else:  # an IPv6 exporter, with a destination-options extension header before UDP
+        frames = []
+        for p in payloads:
+            udp = struct.pack(">HHHH", 2055, 9995, 8 + len(p), 0) + p
+            options = struct.pack(">BB6s", 17, 0, bytes(6))
+            header = struct.pack(">IHBB16s16s", 6 << 28, len(options) + len(udp), 60, 64,
+                                 ipaddress.IPv6Address("2001:db8::9").packed, ipaddress.IPv6Address("2001:db8::1").packed)
+            frames.append(bytes(12) + struct.pack(">H", 0x86DD) + header + options + udp)
+        data = pcap_file(frames)
     assert sniff(data[:64])
     reader = read_netflow(io.BytesIO(data), "mem")
     assert strip_rows(rows(reader)) == expected(flows)
@@ -378,6 +388,14 @@ def test_raw_files_split_self_delimiting_packets_only():
     assert rows(reader) == []
     assert reader.account.rejects == [(1, "malformed packet", "packet 1: more than 65535 bytes without a "
                                                               "v5/IPFIX length (one v9 packet per file)")]
+
+
+def test_wide_port_and_protocol_fields_out_of_range_are_unknown():
+    fields = [(8, 4), (12, 4), (7, 4), (11, 4), (4, 2)]
+    record = bytes([192, 0, 2, 1, 198, 51, 100, 1]) + struct.pack(">IIH", 70000, 443, 300)
+    packet = v9_packet([flowset(0, template_body(300, fields)), flowset(300, record)])
+    (decoded,) = rows(read_netflow(io.BytesIO(packet), "wide"))
+    assert (decoded["sport"], decoded["dport"], decoded["proto"]) == (-1, 443, "")
 
 
 def test_unusable_template_rejects_its_records():

@@ -175,6 +175,9 @@ def build_context(args: argparse.Namespace) -> ScanContext:
     if settings.allowlist:
         signatures = c2 + SignatureSet.load(settings.allowlist, kind="allowlist",
                                             score=int(settings.rules.allowlist_score))
+    if signatures.domains:
+        notes.append(f"{len(signatures.domains)} domain entries in the signature files are kept aside: "
+                     "connections are matched by address only")
     for warning in signatures.warnings[:20]:
         notes.append(f"warning: {warning}")
     if len(signatures.warnings) > 20:

@@ -411,7 +411,12 @@ def _as_uint(values, dtype, what: str) -> np.ndarray:
 
 
 class Engine:
-    """Signatures and GeoIP countries compiled for batch lookups (see docs/ARCHITECTURE.md)."""
+    """Signatures and GeoIP countries compiled for batch lookups (see docs/ARCHITECTURE.md).
+
+    ``impl`` ("c" or "py") forces an implementation; by default connscan._native chooses.
+    A loaded engine's ``signatures`` is a SavedSignatures and its ``geoip`` is None (the
+    countries live in the fused tables).
+    """
 
     def __init__(self, signatures, geoip=None, *, impl: str | None = None):
         self.signatures = signatures

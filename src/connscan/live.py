@@ -146,6 +146,7 @@ def _read_table(proc, name: str, family: int, protocol: int, ipv6: bool, tables:
 
 
 def _collect_proc(proc, include_loopback: bool, tables: str = "netlink", proc_root: str = "/proc") -> LiveSnapshot:
+    """The Linux fast path with module proc (_proc_c or _proc_py); proc_root for tests."""
     skipped: Counter = Counter()
     warnings: list[str] = []
     sources: dict[str, str] = {}
@@ -169,17 +170,18 @@ def _collect_proc(proc, include_loopback: bool, tables: str = "netlink", proc_ro
             parts.append((proto, table))
         owner_inodes, owner_pids, counts = walk.result()
 
+    # parts is never empty: the IPv4 TCP table is read or an OSError was raised.
     def column(key):
-        return np.concatenate([t[key] for _, t in parts]) if parts else np.empty(0, np.int32)
+        return np.concatenate([t[key] for _, t in parts])
 
-    protos = np.concatenate([np.full(len(t["lport"]), p, np.uint8) for p, t in parts]) if parts else np.empty(0, np.uint8)
-    state = column("state").astype(np.uint8)
+    protos = np.concatenate([np.full(len(t["lport"]), p, np.uint8) for p, t in parts])
+    state = column("state")
     status = np.where(protos == _UDP, 0, np.where((state >= 1) & (state <= 12), state, _UNKNOWN)).astype(np.uint8)
-    inode = column("inode").astype(np.uint64)
+    inode = column("inode")
 
     raw = {
-        "lip": pa.concat_arrays([_text_array(t["lip_text"], t["lip_offsets"]) for _, t in parts]) if parts else pa.array([], pa.string()),
-        "rip": pa.concat_arrays([_text_array(t["rip_text"], t["rip_offsets"]) for _, t in parts]) if parts else pa.array([], pa.string()),
+        "lip": pa.concat_arrays([_text_array(t["lip_text"], t["lip_offsets"]) for _, t in parts]),
+        "rip": pa.concat_arrays([_text_array(t["rip_text"], t["rip_offsets"]) for _, t in parts]),
         "lport": column("lport").astype(np.int32),
         "rport": column("rport").astype(np.int32),
         "proto": protos,

@@ -68,10 +68,6 @@ class ByteSource:
         self._done = 0  # decompressed bytes handed out in whole blocks
         self.head, self._head_error = self._read(HEAD_BYTES)
 
-    @property
-    def bytes_done(self) -> int:
-        return self._counter.count
-
     def _read(self, n: int) -> tuple[bytes, BaseException | None]:
         """Up to ``n`` bytes, and the damage that stopped the read early (if any)."""
         chunks = []

@@ -49,7 +49,6 @@ def parse(
     layout: Layout,
     block_bytes: int,
     classify: Callable[[str], str] = lambda text: REJECT,
-    first_row: int = 0,
     skip_bytes: int = 0,
     comment: str | None = None,
     impl: str | None = None,
@@ -67,7 +66,7 @@ def parse(
         parts = _arrow_blocks(blocks, layout, block_bytes, classify, comment)
     else:
         parts = _native_blocks(blocks, layout, classify, comment, _native.load("flowparse", impl))
-    base = first_row
+    base = 0
     for table, n_lines, invalid in parts:
         if not invalid:
             rows = np.arange(base + 1, base + n_lines + 1, dtype=np.int64)

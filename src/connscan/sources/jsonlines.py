@@ -38,11 +38,8 @@ def text_or_none(value) -> str | None:
 
 
 def port_or_unset(value) -> str:
-    """Ports as text for the shared validator: absent -> "" (unset), numbers -> digits."""
+    """Ports as text for the shared validator: absent -> "" (unset); a JSON true/false is
+    not a port."""
     if value is None:
         return ""
-    if isinstance(value, bool):
-        return "invalid"
-    if isinstance(value, int):
-        return str(value)
-    return str(value)
+    return "invalid" if isinstance(value, bool) else str(value)

@@ -269,7 +269,8 @@ class NetflowSession:
         try:
             for exporter, payload in _payloads(stream, cursor):
                 self._packet(payload, exporter, cursor)
-                yield from self._batches(self.chunk_rows)
+                if cursor.packets % 64 == 0:  # a batch may exceed chunk_rows by 64 packets' records
+                    yield from self._batches(self.chunk_rows)
         finally:
             if close:
                 stream.close()
@@ -339,7 +340,7 @@ class NetflowSession:
             elif set_id >= 256:
                 self._data(set_id, body, context, account)
             else:
-                account.skip(f"v9 flowset id {set_id} (reserved)", records=False)
+                account.skip("sets with a reserved id", records=False)
 
     def _ipfix(self, payload: bytes, exporter: str, account: _FileCursor) -> None:
         if len(payload) < 16:
@@ -356,7 +357,7 @@ class NetflowSession:
             elif set_id >= 256:
                 self._data(set_id, body, context, account)
             else:
-                account.skip(f"IPFIX set id {set_id} (reserved)", records=False)
+                account.skip("sets with a reserved id", records=False)
 
     # ---- templates -----------------------------------------------------------------
 
@@ -540,15 +541,18 @@ class NetflowSession:
             empty4 = (src4 == 0) & (dst4 == 0)
             kind[empty4 & ((src6 != bytes(16)) | (dst6 != bytes(16)))] = 6
 
-        def column(ie, default=-1, dtype=np.int32):
-            return values[ie].astype(dtype) if ie in values else np.full(count, default, dtype)
+        def column(ie, limit, default=-1, dtype=np.int32):
+            """An element's values; absent -> default, out of range (a wide field) -> -1."""
+            if ie not in values:
+                return np.full(count, default, dtype)
+            return np.where(values[ie] > limit, -1, values[ie].astype(np.int64)).astype(dtype)
 
-        sport, dport = column(IE_SPORT), column(IE_DPORT)
+        sport, dport = column(IE_SPORT, 65535), column(IE_DPORT, 65535)
         for ie in (IE_ICMP_TYPE_CODE4, IE_ICMP_TYPE_CODE6):
             if ie in values and IE_DPORT not in values:
-                sport, dport = column(IE_SPORT, 0), column(ie)
+                sport, dport = column(IE_SPORT, 65535, 0), column(ie, 65535)
         self._emit(account, rows, kind=kind, src4=src4, dst4=dst4, src6=src6, dst6=dst6,
-                   sport=sport, dport=dport, proto=column(IE_PROTO, dtype=np.int16),
+                   sport=sport, dport=dport, proto=column(IE_PROTO, 255, dtype=np.int16),
                    start=self._start_times(values, count, context))
 
     def _start_times(self, values: dict, count: int, context: PacketContext) -> np.ndarray:
@@ -810,7 +814,7 @@ def _udp_payload(frame: bytes, linktype: int, order: str, account: _FileCursor, 
     elif linktype in (0, 108):  # BSD loopback: address family in host or network order
         position, ethertype = 4, 0
     else:
-        account.skip(f"packets of unsupported link type {linktype}", records=False)
+        account.skip("packets of an unsupported link type", records=False)
         return
     if ethertype is None:
         account.reject("malformed capture", f"packet {number}: frame of {len(frame)} bytes too short")
