@@ -199,9 +199,9 @@ def test_ratio_against_psutil():
     if SOCKETS >= TARGET_SOCKETS:
         assert ratios.get("scan", ratios.get("collect")) >= MIN_RATIO, ratios
     else:
-        # Fewer sockets (CI): the scan's fixed start-up (GeoIP tables) dominates; the
-        # collection alone must still beat psutil.
-        assert ratios["collect"] > 1.0, ratios
+        # Fewer sockets (CI): the scan's fixed start-up (GeoIP tables) dominates, so the
+        # gate is on the collection alone (about 5x psutil at 20k sockets here).
+        assert ratios["collect"] >= 3.0, ratios
 
 
 def _synthetic_tcp6(lines: int) -> bytes:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import impl_fixture
+from support import impl_fixture
 from connscan import _native
 from connscan.engine import Engine, ParsedAddresses, parse_addresses
 from connscan.errors import CacheError, InputError
@@ -547,7 +547,7 @@ REAL_SIGNATURES = ["c2/ipsum/ipsum.txt", "c2/firehol/firehol_level4.netset",
 @pytest.fixture(scope="module")
 def real_engine_file(tmp_path_factory):
     """The real signature lists and DB-IP compiled once and saved; the py twin loads the file."""
-    from conftest import SHARED_DATA
+    from support import SHARED_DATA
 
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available at {SHARED_DATA}")

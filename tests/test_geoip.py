@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from maxminddb.decoder import Decoder
 
-from conftest import impl_fixture
+from support import impl_fixture
 from connscan import _native
 from connscan.errors import GeoIPError
 from connscan.geoip import GeoTable, default_cache_dir

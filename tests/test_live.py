@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import impl_fixture
+from support import impl_fixture
 from connscan import _native, live
 
 proc = impl_fixture("proc")
