@@ -168,7 +168,7 @@ def _cli_peak(path: Path, out: Path) -> tuple[float, float]:
     args = [sys.executable, "-m", "connscan", "flows", "--format", "jsonl", "--output", str(out), "--tz", "UTC", "--progress", "never"]
     for p in SIGNATURE_FILES:
         args += ["--iocs", str(p)]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))  # the same connscan as this process
     start = time.perf_counter()
     proc = subprocess.Popen(args + [str(path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watched = psutil.Process(proc.pid)

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from connscan import __version__, cli, live
 from connscan.config import load_config_file, resolve_settings
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+# Subprocesses see the same connscan as this process (installed, or src/ in development).
+CHILD_PATH = os.pathsep.join(sys.path)
 LOOPBACK_NET = "127.77.0.0/16"  # the tests' own loopback addresses
 
 
@@ -341,7 +342,7 @@ def test_nothing_scanned_exits_3(tmp_path, loopback_mmdb, monkeypatch, capsys):
 
 
 def test_version_and_help(capsys):
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    env = {**os.environ, "PYTHONPATH": CHILD_PATH}
     run = subprocess.run([sys.executable, "-m", "connscan", "--version"], capture_output=True, text=True, env=env)
     assert run.returncode == 0 and run.stdout.strip() == f"connscan {__version__}"
     with pytest.raises(SystemExit) as exc:
@@ -364,7 +365,7 @@ def test_version_and_help(capsys):
 def test_defaults_run_and_say_so(tmp_path):
     """No options at all: embedded GeoIP, no C2 list, and stderr says so (a real scan)."""
     env = {key: value for key, value in os.environ.items() if key != "CONNSCAN_CACHE_DIR"}
-    env.update(PYTHONPATH=str(SRC), XDG_CACHE_HOME=str(tmp_path))
+    env.update(PYTHONPATH=CHILD_PATH, XDG_CACHE_HOME=str(tmp_path))
     run = subprocess.run([sys.executable, "-m", "connscan", "scan"], capture_output=True, text=True, env=env,
                          timeout=120)
     assert run.returncode in (0, 1, 3)
@@ -433,7 +434,7 @@ def test_compiled_engine_cache_gives_the_same_findings(tmp_path, loopback, loopb
 
 def test_closed_output_pipe_is_not_a_crash(tmp_path, loopback, loopback_mmdb):
     """`connscan scan | head -0`: the reader goes away; connscan still exits by its findings."""
-    env = {**os.environ, "PYTHONPATH": str(SRC), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = {**os.environ, "PYTHONPATH": CHILD_PATH, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("CONNSCAN_CACHE_DIR", None)
     iocs = tmp_path / "c2.txt"
     iocs.write_text(f"{loopback.server_ip}\n")
@@ -441,7 +442,8 @@ def test_closed_output_pipe_is_not_a_crash(tmp_path, loopback, loopback_mmdb):
                              "--iocs", str(iocs), "--geoip", str(loopback_mmdb)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # nobody reads: every write gets EPIPE
-    err = proc.stderr.read().decode()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1, err  # the C2 findings still decide the exit code
     assert "Traceback" not in err and "output closed by the reader" in err
 
