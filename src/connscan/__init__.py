@@ -19,10 +19,12 @@ __all__ = [
     "GeoTable",
     "InputError",
     "LookupResult",
+    "ParsedAddresses",
     "Signature",
     "SignatureError",
     "SignatureSet",
     "__version__",
+    "parse_addresses",
 ]
 
 
@@ -36,7 +38,7 @@ def __getattr__(name):
         from connscan.geoip import GeoTable
 
         return GeoTable
-    if name in ("Engine", "LookupResult"):
+    if name in ("Engine", "LookupResult", "ParsedAddresses", "parse_addresses"):
         from connscan import engine
 
         return getattr(engine, name)

@@ -129,6 +129,36 @@ def flow_batches(
         yield batch.slice(offset, batch_rows)
 
 
+def batches_from_lists(account, rows, src, dst, sport, dport, proto, start_us, batch_rows):
+    """flow_batches over per-record Python lists (the JSON readers); start in epoch us."""
+    texts = [pa.array(values, pa.string()) for values in (src, dst, sport, dport, proto)]
+    start = pa.array(start_us, pa.int64()).cast(START_TYPE)
+    yield from flow_batches(account, np.array(rows, np.int64), *texts, start, batch_rows)
+
+
+def batches_from_table(account, rows, table, roles, batch_rows, convert_start, prepare=None):
+    """flow_batches over the columns of ``table`` that ``roles`` names (src, dst, ...)."""
+
+    def column(role):
+        if role not in roles:
+            return None
+        values = table.column(roles[role])
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        return prepare(values) if prepare is not None else values
+
+    start = column("start")
+    yield from flow_batches(
+        account, rows, column("src"), column("dst"), column("sport"), column("dport"),
+        column("proto"), convert_start(start) if start is not None else None, batch_rows,
+    )
+
+
+def epoch_micros(column: pa.Array) -> pa.Array:
+    """Integer epoch microseconds as START_TYPE."""
+    return column.cast(pa.int64()).cast(START_TYPE)
+
+
 def _as_string(column: pa.Array) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()

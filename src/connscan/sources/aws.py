@@ -77,19 +77,4 @@ def read(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> It
                     account.skip(str(reason), int(count))
                 keep = pa.array(~no_flow)
                 table, rows = table.filter(keep), rows[~no_flow]
-
-        def column(role):
-            return table.column(roles[role]).combine_chunks() if role in roles else None
-
-        start = column("start")
-        yield from _batch.flow_batches(
-            account,
-            rows,
-            column("src"),
-            column("dst"),
-            column("sport"),
-            column("dport"),
-            column("proto"),
-            start.cast(pa.int64()).cast(_batch.START_TYPE) if start is not None else None,
-            options.batch_rows,
-        )
+        yield from _batch.batches_from_table(account, rows, table, roles, options.batch_rows, _batch.epoch_micros)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-import numpy as np
 import pyarrow as pa
 
 from connscan.sources import ReaderOptions, SourceAccount, _batch, jsonlines
@@ -60,14 +59,4 @@ def read(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> It
             dport.append(jsonlines.port_or_unset(event.get("dest_port")))
             proto.append(jsonlines.text_or_none(event.get("proto")) or "")
             start.append(begin if begin is not None else _micros(event.get("timestamp")))
-        yield from _batch.flow_batches(
-            account,
-            np.array(rows, np.int64),
-            pa.array(src, pa.string()),
-            pa.array(dst, pa.string()),
-            pa.array(sport, pa.string()),
-            pa.array(dport, pa.string()),
-            pa.array(proto, pa.string()),
-            pa.array(start, pa.int64()).cast(_batch.START_TYPE),
-            options.batch_rows,
-        )
+        yield from _batch.batches_from_lists(account, rows, src, dst, sport, dport, proto, start, options.batch_rows)

@@ -83,21 +83,8 @@ def read_delimited(data: ByteSource, account: SourceAccount, options: ReaderOpti
     layout = Layout(names=names, wanted=list(dict.fromkeys(roles.values())), delimiter=delimiter, quoting=True)
     for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip):
         table = block.table
-
-        def column(role):
-            return pc.utf8_trim_whitespace(table.column(roles[role]).combine_chunks()) if role in roles else None
-
-        start = column("start")
-        yield from _batch.flow_batches(
-            account,
-            block.rows,
-            column("src"),
-            column("dst"),
-            column("sport"),
-            column("dport"),
-            column("proto"),
-            generic_times(start) if start is not None else None,
-            options.batch_rows,
+        yield from _batch.batches_from_table(
+            account, block.rows, table, roles, options.batch_rows, generic_times, prepare=pc.utf8_trim_whitespace
         )
 
 
@@ -170,22 +157,7 @@ def read_columnar(data: ByteSource, account: SourceAccount, options: ReaderOptio
             n = batch.num_rows
             rows = np.arange(row + 1, row + n + 1, dtype=np.int64)
             row += n
-
-            def column(role):
-                return batch.column(roles[role]) if role in roles else None
-
-            start = column("start")
-            yield from _batch.flow_batches(
-                account,
-                rows,
-                column("src"),
-                column("dst"),
-                column("sport"),
-                column("dport"),
-                column("proto"),
-                generic_times(start) if start is not None else None,
-                options.batch_rows,
-            )
+            yield from _batch.batches_from_table(account, rows, batch, roles, options.batch_rows, generic_times)
     except (pa.ArrowInvalid, OSError) as exc:
         account.damage(f"{fmt} data unreadable after {row} records ({exc})")
 

@@ -10,7 +10,6 @@ import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
-import numpy as np
 import pyarrow as pa
 
 from connscan.errors import InputError
@@ -68,22 +67,7 @@ def read_tsv(data: ByteSource, account: SourceAccount, options: ReaderOptions) -
 
     for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip, comment="#"):
         table = block.table
-
-        def column(role):
-            return table.column(roles[role]).combine_chunks() if role in roles else None
-
-        start = column("start")
-        yield from _batch.flow_batches(
-            account,
-            block.rows,
-            column("src"),
-            column("dst"),
-            column("sport"),
-            column("dport"),
-            column("proto"),
-            start.cast(pa.int64()).cast(_batch.START_TYPE) if start is not None else None,
-            options.batch_rows,
-        )
+        yield from _batch.batches_from_table(account, block.rows, table, roles, options.batch_rows, _batch.epoch_micros)
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -133,14 +117,4 @@ def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) 
             dport.append(jsonlines.port_or_unset(_field(obj, "id.resp_p")))
             proto.append(jsonlines.text_or_none(obj.get("proto")) or "")
             start.append(json_time(obj.get("ts")))
-        yield from _batch.flow_batches(
-            account,
-            np.array(rows, np.int64),
-            pa.array(src, pa.string()),
-            pa.array(dst, pa.string()),
-            pa.array(sport, pa.string()),
-            pa.array(dport, pa.string()),
-            pa.array(proto, pa.string()),
-            pa.array(start, pa.int64()).cast(_batch.START_TYPE),
-            options.batch_rows,
-        )
+        yield from _batch.batches_from_lists(account, rows, src, dst, sport, dport, proto, start, options.batch_rows)
