@@ -121,7 +121,9 @@ def evaluate_flow_batch(batch, evaluator, home_engine, file: str | None, rejects
             "row": batch.column("row"),
         }
     )
-    findings = evaluator.evaluate(table)
+    local = _choose_parsed(inbound, dst_parsed, src_parsed)
+    remote = _choose_parsed(inbound, src_parsed, dst_parsed)
+    findings = evaluator.evaluate(table, local=local, remote=remote)  # addresses parsed once
     if findings:
         _add_flow_fields(findings, batch, file)
     return findings
@@ -138,9 +140,17 @@ def _add_flow_fields(findings: list, batch, file: str | None) -> None:
     start_valid = starts.is_valid().to_numpy(zero_copy_only=False)
     start_us = starts.fill_null(0).to_numpy(zero_copy_only=False)
     at = np.searchsorted(rows, [finding.row for finding in findings])  # rows ascend in a batch
-    for finding, i in zip(findings, at.tolist()):
+    for finding, us, valid in zip(findings, start_us[at].tolist(), start_valid[at].tolist()):
         finding.file = file
-        finding.start = _EPOCH + timedelta(microseconds=int(start_us[i])) if start_valid[i] else None
+        finding.start = _EPOCH + timedelta(microseconds=us) if valid else None
+
+
+def _choose_parsed(mask, if_true, if_false):
+    """Per row, the parsed address of ``if_true`` where ``mask`` holds, else of ``if_false``."""
+    from connscan.engine import ParsedAddresses
+
+    return ParsedAddresses(*(np.where(mask, a, b) for a, b in zip(
+        (if_true.kind, if_true.v4, if_true.hi, if_true.lo), (if_false.kind, if_false.v4, if_false.hi, if_false.lo))))
 
 
 def _take_parsed(parsed, mask):

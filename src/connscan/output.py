@@ -19,6 +19,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from json.encoder import encode_basestring  # the escaper of json.dumps(..., ensure_ascii=False)
+from operator import attrgetter
 from typing import IO, Iterable
 
 from connscan.findings import LEVELS, Finding
@@ -60,6 +62,8 @@ def _thor_time(moment: datetime) -> str:
 def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
+    if moment.tzinfo is timezone.utc:  # the common case, made short
+        return moment.isoformat().replace("+00:00", "Z")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)  # naive times in batches are UTC
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
@@ -128,6 +132,96 @@ def finding_to_dict(finding: Finding) -> dict:
     return {key: value for key, value in data.items() if value is not None}
 
 
+def _json(value) -> str:
+    """``value`` exactly as json.dumps(value, ensure_ascii=False) writes it (fast for str,
+    int and finite float, the types of a finding's fields)."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and value - value == 0:  # finite (json writes NaN/Infinity otherwise)
+        return float.__repr__(value)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# The JSON Lines fields after "time", in finding_to_dict's order, in three runs: fields
+# that are usually the same for many findings, the endpoints, and the flow fields.
+_SHARED_KEYS = ("hostname", "level", "module", "message", "score", "pid", "name", "command", "user", "status", "proto")
+_ENDPOINT_PREFIXES = (',"lip":', ',"lport":', ',"rip":', ',"rport":')
+_FLOW_PREFIXES = (',"file":', ',"row":', ',"start":')
+_AGGREGATE_PREFIXES = (',"count":', ',"first_seen":', ',"last_seen":')
+_shared_values = attrgetter(*_SHARED_KEYS)
+
+
+class _JsonLines:
+    """finding -> the line json.dumps(finding_to_dict(finding)) gives, byte for byte, built
+    from string pieces; the pieces shared by many findings (batch time, level, message,
+    reasons...) are encoded once and looked up."""
+
+    def __init__(self):
+        self._moment: datetime | None = None
+        self._moment_text = ""
+        self._file: str | None = None
+        self._file_text = ""
+        self._pieces: dict[tuple, tuple[tuple, str]] = {}
+
+    def line(self, finding: Finding) -> str:
+        out: list[str] = []
+        moment = finding.time
+        if moment is not None:
+            if moment is not self._moment:  # one shared time object per evaluated batch
+                self._moment, self._moment_text = moment, ',"time":' + _json(_iso(moment))
+            out.append(self._moment_text)
+        shared = _shared_values(finding)
+        # By value, with what tells apart equal numbers that print differently (100, 100.0,
+        # -0.0; 1, True).
+        score = finding.score
+        out.append(self._piece((shared, type(score), str(score), type(finding.pid)), shared, _SHARED_KEYS))
+        lip, lport, rip, rport = finding.lip, finding.lport, finding.rip, finding.rport
+        if type(lip) is str and type(rip) is str and type(lport) is int and type(rport) is int:  # the usual
+            out.append(f',"lip":{encode_basestring(lip)},"lport":{lport},"rip":{encode_basestring(rip)},"rport":{rport}')
+        else:
+            _add_fields(out, _ENDPOINT_PREFIXES, (lip, lport, rip, rport))
+        # Reasons by identity: the evaluator shares one object per distinct reason.
+        out.append(self._piece((finding.direction, finding.country, *map(id, finding.reasons)),
+                               (finding.direction, finding.country, *finding.reasons), None))
+        file, row, start = finding.file, finding.row, finding.start
+        if type(file) is str and type(row) is int and start is not None and start.tzinfo is timezone.utc:  # flows
+            if file is not self._file:
+                self._file, self._file_text = file, ',"file":' + encode_basestring(file)
+            out += (self._file_text, f',"row":{row},"start":"', start.isoformat().replace("+00:00", 'Z"'))
+        else:
+            _add_fields(out, _FLOW_PREFIXES, (file, row, _iso(start)))
+        if finding.count is not None or finding.first_seen is not None or finding.last_seen is not None:
+            _add_fields(out, _AGGREGATE_PREFIXES, (finding.count, _iso(finding.first_seen), _iso(finding.last_seen)))
+        return "{" + "".join(out)[1:] + "}"
+
+    def _piece(self, key: tuple, values: tuple, keys: tuple | None) -> str:
+        """The encoded fields ``keys`` with ``values``, cached under ``key``; keys None:
+        direction, country and the reasons (values[2:])."""
+        known = self._pieces.get(key)
+        if known is None:
+            if len(self._pieces) > 20_000:
+                self._pieces.clear()  # bound memory on long runs
+            out: list[str] = []
+            if keys is None:
+                direction, country, *reasons = values
+                _add_fields(out, (',"direction":', ',"country":'), (direction, country))
+                out += (',"reasons":', _json([reason.to_dict() for reason in reasons]))
+            else:
+                _add_fields(out, tuple(f',"{name}":' for name in keys), values)
+            # The entry holds the values themselves, so the ids in keys stay theirs while cached.
+            known = self._pieces[key] = (values, "".join(out))
+        return known[1]
+
+
+def _add_fields(out: list, prefixes: tuple, values: tuple) -> None:
+    for prefix, value in zip(prefixes, values):
+        if value is not None:  # unknown values are left out
+            out += (prefix, _json(value))
+
+
 class FindingWriter:
     """Writes findings to a text stream as THOR lines ("text") or JSON Lines ("jsonl")."""
 
@@ -138,18 +232,25 @@ class FindingWriter:
         self.stream, self.fmt, self.tag = stream, fmt, tag
         self.hostname, self.host_ip = hostname, host_ip
         self.written = 0
+        self._json_lines = _JsonLines()
 
     def write(self, finding: Finding) -> None:
         if self.fmt == "jsonl":
-            line = json.dumps(finding_to_dict(finding), ensure_ascii=False, separators=(",", ":"))
+            line = self._json_lines.line(finding)
         else:
             line = format_text_line(finding, self.tag, self.hostname, self.host_ip)
         self.stream.write(line + "\n")
         self.written += 1
 
     def write_all(self, findings: Iterable[Finding]) -> None:
-        for finding in findings:
-            self.write(finding)
+        if self.fmt != "jsonl":
+            for finding in findings:
+                self.write(finding)
+            return
+        lines = [self._json_lines.line(finding) for finding in findings]
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")  # one write per batch
+            self.written += len(lines)
 
     def flush(self) -> None:
         self.stream.flush()

@@ -3,7 +3,9 @@
 The evaluator does the per-connection work with numpy and the engine's native lookups
 (one ``engine.lookup`` per address column); only the connections that need attention
 (signature hit, relevant country, suspicious port, direct Internet, or every connection
-with ``all_connections``) become Python ``Finding`` objects.
+with ``all_connections``) become Python ``Finding`` objects. Those rows are grouped by
+everything their reasons depend on (signatures matched, port, country, ...), so reasons,
+score and level are worked out once per group, and the groups are remembered across batches.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -32,9 +35,9 @@ __all__ = [
     "level_for",
 ]
 
-# Countries under comprehensive EU/US sanctions or embargoes and home of the most reported
-# state-sponsored intrusion sets: ordinary business traffic to them is rare, so a
-# connection deserves a look (Notice). CN is left out on purpose: too much legitimate
+# Countries long under broad EU and/or US sanctions or embargoes (CU, IR, KP, SY; RU and BY
+# since 2022), most of them home to the most reported state-sponsored intrusion sets:
+# ordinary business traffic to them is rare, so a connection deserves a look (Notice). CN is left out on purpose: too much legitimate
 # traffic (manufacturing, CDNs) in most organisations. Override with relevant_countries.
 DEFAULT_RELEVANT_COUNTRIES: tuple[str, ...] = ("BY", "CU", "IR", "KP", "RU", "SY")
 
@@ -252,16 +255,18 @@ class Evaluator:
         self.hostname = hostname or socket.gethostname()
         self.signatures = engine.signatures
         self._signature_cache: dict[int, Any] = {}
-        self._attention_cache: dict[int, bool] = {}
         self._relevant = np.array([cc.encode("ascii") for cc in self.config.relevant_countries], dtype="S2")
         self._ports = np.array(sorted(self.config.suspicious_ports), dtype=np.int64)
         self._nodirect_engine = _network_engine(self.config.no_direct_internet) if self.config.no_direct_internet else None
-        self._relevant_set = frozenset(self.config.relevant_countries)
         self._reason_cache: dict[tuple, Reason] = {}
         self._signature_infos: dict[int, tuple[Reason, int | None]] = {}
         self._outcome_cache: dict[tuple, tuple[float, str, str]] = {}
         self._matches_cache: dict[str, list[int]] = {}
         self._isolated: np.ndarray | None = None  # computed at the first signature hit
+        self._cover_cache: dict[int, tuple[int, ...] | None] = {}
+        self._flags: np.ndarray | None = None  # per signature, see _signature_flags
+        self._key_codes: dict[tuple, int] = {}  # addresses and allowlisted processes in group keys
+        self._group_outcomes: dict[bytes, tuple] = {}  # group key -> _group_outcome
         self._allow_paths = [p.casefold() for p in self.config.allow_processes if "/" in p or "\\" in p]
         self._allow_names = [p.casefold() for p in self.config.allow_processes if not ("/" in p or "\\" in p)]
 
@@ -275,30 +280,38 @@ class Evaluator:
         # A c2 hit always needs a look; an allowlist hit only when a c2 signature overlaps
         # the allowlisted network. CIDRs nest, and a partially overlapping range holds one
         # of its ends, so the c2 signatures that matter contain its first or last address.
-        flag = self._attention_cache.get(index)
-        if flag is None:
-            sig = self._signature(index)
-            flag = sig.kind == "c2" and sig.score > 0
-            if not flag:
-                first, last = _network_ends(sig.network)
-                around = set(self.engine.matches(first)) | set(self.engine.matches(last))
-                flag = any(self._signature(j).kind == "c2" and self._signature(j).score > 0 for j in around)
-            self._attention_cache[index] = flag
-        return flag
+        sig = self._signature(index)
+        if sig.kind == "c2" and sig.score > 0:
+            return True
+        first, last = _network_ends(sig.network)
+        around = set(self.engine.matches(first)) | set(self.engine.matches(last))
+        return any(self._signature(j).kind == "c2" and self._signature(j).score > 0 for j in around)
+
+    def _signature_flags(self, indices: np.ndarray) -> np.ndarray:
+        """_ATTENTION | _VARYING | _BY_PORT of each signature index (>= 0), worked out the
+        first time a signature is hit and then looked up with numpy."""
+        if self._flags is None:
+            self._flags = np.full(len(self.signatures), -1, np.int8)  # -1: not known yet
+        flags = self._flags
+        for index in np.unique(indices[flags[indices] < 0]).tolist():
+            cover = self._constant_cover(index)
+            flags[index] = (_ATTENTION * self._sig_needs_attention(index) + _VARYING * (cover is None)
+                            + _BY_PORT * (cover is None or any(self._signature_info(i)[1] is not None for i in cover)))
+        return flags[indices]
 
     def _attention(self, sig_index: np.ndarray) -> np.ndarray:
-        """Rows whose most specific signature needs a look (vectorised over unique hits)."""
-        hit = sig_index >= 0
-        if not hit.any():
-            return hit
-        unique = np.unique(sig_index[hit])
-        flags = np.array([self._sig_needs_attention(int(i)) for i in unique], dtype=bool)
+        """Rows whose most specific signature needs a look."""
         out = np.zeros(len(sig_index), dtype=bool)
-        out[hit] = flags[np.searchsorted(unique, sig_index[hit])]
+        hit = np.flatnonzero(sig_index >= 0)
+        out[hit] = self._signature_flags(sig_index[hit]) & _ATTENTION != 0
         return out
 
-    def evaluate(self, batch) -> list[Finding]:
-        """Findings at or above Notice (every connection with ``all_connections``)."""
+    def evaluate(self, batch, local=None, remote=None) -> list[Finding]:
+        """Findings at or above Notice (every connection with ``all_connections``).
+
+        ``local``/``remote``: the lip/rip columns already parsed (engine.ParsedAddresses),
+        when the caller has them (the flow pipeline): they are not parsed again.
+        """
         table = _as_table(batch)
         missing = [name for name in _REQUIRED_COLUMNS if name not in table.column_names]
         if missing:
@@ -307,16 +320,20 @@ class Evaluator:
         if n == 0:
             return []
         cfg = self.config
-        remote = self.engine.lookup(table.column("rip"))
-        rsig = np.asarray(remote.signature, dtype=np.int64)
+
+        def lookup(engine, parsed, name):
+            return engine.lookup_parsed(parsed) if parsed is not None else engine.lookup(table.column(name))
+
+        remote_found = lookup(self.engine, remote, "rip")
+        rsig = np.asarray(remote_found.signature, dtype=np.int64)
         attention = self._attention(rsig)
         check_local = _bool_column(table, "check_local")
         lsig = None
         if check_local.any():
-            local = self.engine.lookup(table.column("lip"))
-            lsig = np.where(check_local, np.asarray(local.signature, dtype=np.int64), -1)
+            local_found = lookup(self.engine, local, "lip")
+            lsig = np.where(check_local, np.asarray(local_found.signature, dtype=np.int64), -1)
             attention |= self._attention(lsig)
-        country = np.asarray(remote.country, dtype="S2")
+        country = np.asarray(remote_found.country, dtype="S2")
         attention |= np.isin(country, self._relevant)
         inbound = _equals(table, "direction", "inbound")
         outbound = _equals(table, "direction", "outbound")
@@ -326,12 +343,12 @@ class Evaluator:
         attention |= np.isin(service_port, self._ports)
         nodirect_net = None
         if self._nodirect_engine is not None:
-            nodirect_net = np.asarray(self._nodirect_engine.lookup(table.column("lip")).signature, dtype=np.int64)
-            public = np.asarray(remote.valid, dtype=bool) & (
-                np.asarray(_special_purpose_engine().lookup(table.column("rip")).signature) < 0
+            nodirect_net = np.asarray(lookup(self._nodirect_engine, local, "lip").signature, dtype=np.int64)
+            public = np.asarray(remote_found.valid, dtype=bool) & (
+                np.asarray(lookup(_special_purpose_engine(), remote, "rip").signature) < 0
             )
             if self.home_engine is not None:
-                public &= np.asarray(self.home_engine.lookup(table.column("rip")).signature) < 0
+                public &= np.asarray(lookup(self.home_engine, remote, "rip").signature) < 0
             nodirect_net = np.where(outbound & public, nodirect_net, -1)
             attention |= nodirect_net >= 0
         if cfg.all_connections:
@@ -339,61 +356,141 @@ class Evaluator:
         rows = np.flatnonzero(attention)
         if len(rows) == 0:
             return []
-        return self._findings(table, rows, rsig, lsig, country, inbound, service_port, nodirect_net)
+        return self._findings(table, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport)
 
-    def _findings(self, table, rows, rsig, lsig, country, inbound, service_port, nodirect_net) -> list[Finding]:
+    def _findings(self, table, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport) -> list[Finding]:
         cfg = self.config
-        wanted = [name for name in _FINDING_COLUMNS if name in table.column_names]
-        picked = table.select(wanted).take(pa.array(rows)).to_pydict()
-        absent = [None] * len(rows)
-        col = {name: picked.get(name, absent) for name in _FINDING_COLUMNS}
-        rsig_rows = rsig[rows].tolist()
-        lsig_rows = lsig[rows].tolist() if lsig is not None else absent
-        nodirect_rows = nodirect_net[rows].tolist() if nodirect_net is not None else absent
-        port_rows = service_port[rows].tolist()
-        inbound_rows = inbound[rows].tolist()
-        country_rows = [cc.decode("ascii") or None for cc in country[rows].tolist()]
-        now = datetime.now(timezone.utc)
-        rips, lips, rports, lports = col["rip"], col["lip"], col["rport"], col["lport"]
-        names, exes, pids = col["name"], col["exe"], col["pid"]
-        suspicious, relevant = cfg.suspicious_ports, self._relevant_set
+        n = len(rows)
+        none = np.full(n, -1, np.int64)
+        rsig, rport = rsig[rows], rport[rows]
+        lsig = lsig[rows] if lsig is not None else none
+        lport = lport[rows]
+        nodirect = nodirect_net[rows] if nodirect_net is not None else none
+        country, inbound, service = country[rows], inbound[rows], service_port[rows]
+        suspicious = np.where(np.isin(service, self._ports), service, -1)
+        relevant = np.isin(country, self._relevant)
+        allowed = [None] * n
         check_process = bool(self._allow_names or self._allow_paths)
-        keep_info = cfg.all_connections
-        hostname, limit = self.hostname, cfg.max_reasons or None
-        findings = []
-        for k in range(len(rows)):
-            reasons: list[Reason] = []
-            negatives: list[Reason] = []
-            if rsig_rows[k] >= 0:
-                self._signature_reasons(rips[k], rports[k], rsig_rows[k], reasons, negatives)
-            if lsig_rows[k] is not None and lsig_rows[k] >= 0:
-                self._signature_reasons(lips[k], lports[k], lsig_rows[k], reasons, negatives)
-            if nodirect_rows[k] is not None and nodirect_rows[k] >= 0:
-                reasons.append(self._direct_reason(nodirect_rows[k]))
-            if port_rows[k] in suspicious:
-                reasons.append(self._port_reason(port_rows[k]))
-            cc = country_rows[k]
-            if cc in relevant:
-                reasons.append(self._geoip_reason(cc, inbound_rows[k]))
-            if check_process:
-                allowed = self._process_allowlisted(names[k], exes[k])
-                if allowed is not None:
-                    negatives.append(self._process_reason(allowed))
-            reasons += negatives
-            score, level, message = self._outcome(reasons)
-            if level == "Info" and not keep_info:
-                continue
-            pid = pids[k]
-            # Positional, in Finding's field order: several times faster than keywords.
-            findings.append(Finding(
-                now, hostname, level, message, score, col["proto"][k],
-                lips[k], _port(lports[k]), rips[k], _port(rports[k]), col["direction"][k] or "unknown", cc,
-                reasons[:limit], "ProcessConnections",
-                None if pid is None or pid < 0 else pid, names[k] or None, col["command"][k] or None,
-                exes[k] or None, col["user"][k] or None, col["status"][k] or None,
-                col["file"][k], col["row"][k], col["start"][k],
-            ))
-        return findings
+        if check_process:
+            names, exes = (_text_column(table, name, rows) for name in ("name", "exe"))
+            allowed = [self._process_allowlisted(name, exe) for name, exe in zip(names, exes)]
+        # Rows with equal reason-relevant values get equal reasons: group them and work
+        # out reasons, score, level and message once per group (and per run: the keys
+        # mean the same in every batch), not once per row.
+        if len(self._key_codes) > 50_000 or len(self._group_outcomes) > 50_000:
+            self._key_codes.clear()  # bound memory on long flow runs (the keys change meaning)
+            self._group_outcomes.clear()
+        keys = np.stack([
+            *self._signature_keys(rsig, table.column("rip"), rows, rport),
+            *self._signature_keys(lsig, table.column("lip"), rows, lport),
+            nodirect, suspicious, np.where(relevant, country.view(np.uint16), 0), relevant & inbound,
+            [self._key_code(("process", entry)) for entry in allowed] if check_process else np.zeros(n, np.int64),
+        ], axis=1).astype(np.int64)
+        # Each key row as one opaque value: np.unique over those is ~6x faster than axis=0.
+        packed = keys.view(np.dtype((np.void, keys.itemsize * keys.shape[1]))).reshape(-1)
+        unique, first, group_of = np.unique(packed, return_index=True, return_inverse=True)
+        group_of = group_of.reshape(-1)
+        geoip = np.where(relevant, country, b"")
+        outcomes = []
+        for key, k, *values in zip(unique.tolist(), first.tolist(), *(column[first].tolist() for column in (
+                rows, rsig, rport, lsig, lport, nodirect, suspicious, geoip, inbound))):
+            outcome = self._group_outcomes.get(key)
+            if outcome is None:
+                outcome = self._group_outcomes[key] = self._group_outcome(table, *values, allowed[k])
+            outcomes.append(outcome)
+        keep = np.arange(n)
+        if not cfg.all_connections:
+            informative = np.array([level != "Info" for _, level, _, _ in outcomes], bool)
+            keep = np.flatnonzero(informative[group_of])
+        if len(keep) == 0:
+            return []
+        group_of = group_of[keep].tolist()
+        picked = table.take(pa.array(rows[keep]))
+
+        def per_group(i):  # outcome field i of each kept row
+            values = [outcome[i] for outcome in outcomes]
+            return [values[g] for g in group_of]
+
+        def text(name, default=None):
+            return _text_column(picked, name, None, default)
+
+        m = len(keep)
+        # Positional, in Finding's field order: several times faster than keywords.
+        return list(map(
+            Finding, repeat(datetime.now(timezone.utc), m), repeat(self.hostname, m), per_group(1), per_group(2),
+            per_group(0), _column(picked, "proto"), _column(picked, "lip"), _ports(lport[keep]),
+            _column(picked, "rip"), _ports(rport[keep]),
+            text("direction", "unknown"), [cc.decode("ascii") or None for cc in country[keep].tolist()],
+            map(list, per_group(3)), repeat("ProcessConnections", m),
+            [None if pid is None or pid < 0 else pid for pid in _column(picked, "pid")],
+            text("name"), text("command"), text("exe"), text("user"), text("status"),
+            _column(picked, "file"), _column(picked, "row"), _column(picked, "start"),
+        ))
+
+    def _key_code(self, value: tuple) -> int:
+        return self._key_codes.setdefault(value, len(self._key_codes))
+
+    def _group_outcome(self, table, row, rsig, rport, lsig, lport, nodirect, suspicious, country, inbound, allowed):
+        """(score, level, message, listed reasons) of one group of rows, from its first row
+        (``country``: the relevant country code, b"" when none)."""
+        reasons: list[Reason] = []
+        negatives: list[Reason] = []
+        if rsig >= 0:
+            self._signature_reasons(lambda: table.column("rip")[row].as_py(), rport, rsig, reasons, negatives)
+        if lsig >= 0:
+            self._signature_reasons(lambda: table.column("lip")[row].as_py(), lport, lsig, reasons, negatives)
+        if nodirect >= 0:
+            reasons.append(self._direct_reason(nodirect))
+        if suspicious >= 0:
+            reasons.append(self._port_reason(suspicious))
+        if country:
+            reasons.append(self._geoip_reason(country.decode("ascii"), inbound))
+        if allowed is not None:
+            negatives.append(self._process_reason(allowed))
+        reasons += negatives
+        score, level, message = self._outcome(reasons)
+        return score, level, message, tuple(reasons[:self.config.max_reasons or None])
+
+    def _signature_keys(self, sig: np.ndarray, addresses, rows: np.ndarray, ports: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two grouping key columns for one address side: which signatures match (the
+        most specific one when every address it covers has the same matches, else the
+        address) and the port when an IP+port signature among them makes it matter."""
+        key = sig.copy()
+        port_key = np.full(len(sig), -1, np.int64)
+        hit = np.flatnonzero(sig >= 0)
+        flags = self._signature_flags(sig[hit])
+        by_port = hit[flags & _BY_PORT != 0]
+        port_key[by_port] = ports[by_port]
+        varying = flags & _VARYING != 0
+        if varying.any():  # matches vary inside these signatures: one group per address
+            at = hit[varying]
+            text = addresses.take(pa.array(rows[at])).to_pylist()
+            key[at] = [-2 - self._key_code(("address", address)) for address in text]
+        return key, port_key
+
+    def _constant_cover(self, index: int) -> tuple[int, ...] | None:
+        """Every signature matching the addresses whose most specific signature is
+        ``index`` (most specific first), or None when that differs between addresses."""
+        if index in self._cover_cache:
+            return self._cover_cache[index]
+        if self._isolated is None:
+            self._isolated = _isolated_signatures(self.signatures)
+        network = self._signature(index).network
+        cover = None
+        if index < len(self._isolated) and self._isolated[index]:
+            cover = (index,)
+        elif "-" not in network:
+            # A signature containing both ends of the CIDR contains all of it; one holding a
+            # single end lies inside it (more specific: never these addresses' best match)
+            # or partly overlaps it, and then the matches vary.
+            first, last = _network_ends(network)
+            at_first, at_last = self.engine.matches(first), self.engine.matches(last)
+            inside = ipaddress.ip_network(network, strict=False)
+            one_end = set(at_first).symmetric_difference(at_last)
+            if all(_within(self._signature(i).network, inside) for i in one_end):
+                cover = tuple(i for i in at_first if i in set(at_last))
+        self._cover_cache[index] = cover
+        return cover
 
     # Reasons are immutable: the evaluator builds each distinct one once and shares it.
 
@@ -453,12 +550,11 @@ class Evaluator:
                 Reason(kind, score, sig.network, sig.description, sig.source), sig.port)
         return info
 
-    def _signature_reasons(self, addr, port, most_specific: int, reasons, negatives) -> None:
-        if self._isolated is None:
-            self._isolated = _isolated_signatures(self.signatures)
-        if most_specific < len(self._isolated) and self._isolated[most_specific]:
-            indices = (most_specific,)  # it overlaps no other signature: the only match
-        else:
+    def _signature_reasons(self, address, port, most_specific: int, reasons, negatives) -> None:
+        """``address()`` gives the address text, needed only when the matches vary."""
+        indices = self._constant_cover(most_specific)
+        if indices is None:
+            addr = address()
             indices = self._matches_cache.get(addr)
             if indices is None:
                 if len(self._matches_cache) > 100_000:
@@ -488,13 +584,36 @@ class Evaluator:
         return None
 
 
+# Per-signature flags: a hit needs a look; its matches vary between addresses; an IP+port
+# signature is among its matches (so the port decides).
+_ATTENTION, _VARYING, _BY_PORT = 1, 2, 4
+
 _REQUIRED_COLUMNS = ("lip", "lport", "rip", "rport", "proto", "direction")
-_FINDING_COLUMNS = ("lip", "rip", "lport", "rport", "proto", "direction", "pid", "name", "command", "exe",
-                    "user", "status", "file", "row", "start")
 
 
-def _port(value) -> int | None:
-    return None if value is None or value < 0 else int(value)
+def _within(network: str, outer) -> bool:
+    """Whether signature ``network`` ("a/n" or "a-b") lies inside the ip_network ``outer``."""
+    first, last = (ipaddress.ip_address(end) for end in _network_ends(network))
+    return first.version == outer.version and outer.network_address <= first and last <= outer.broadcast_address
+
+
+def _ports(values: np.ndarray) -> list:
+    """Port numbers as Python ints, None for the unknown (negative) ones."""
+    out = values.astype(object)
+    out[values < 0] = None
+    return out.tolist()
+
+
+def _column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
+
+
+def _text_column(table: pa.Table, name: str, rows, default=None) -> list:
+    """A text column's values (at ``rows`` when given), empty and null ones as ``default``."""
+    if name not in table.column_names:
+        return [default] * (table.num_rows if rows is None else len(rows))
+    column = table.column(name) if rows is None else table.column(name).take(pa.array(rows))
+    return [value or default for value in column.to_pylist()]
 
 
 def _message(reasons: list[Reason]) -> str:
