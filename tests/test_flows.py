@@ -373,3 +373,29 @@ def test_cli_event_types_and_columns(tmp_path, c2_evaluator):
     code, lines, stats, _ = _cli(tmp_path, "--iocs", str(iocs), "--input-format", "csv", "--columns", "src=a,dst=b,sport=c,dport=d", str(tmp_path / "odd.csv"))
     got = {(line["row"], line["lip"], line["lport"], line["rip"], line["rport"], line["direction"]) for line in lines}
     assert code == 1 and got == expected_findings(flows, c2)
+
+
+def test_cli_flows_goes_on_counting_when_the_reader_goes_away(tmp_path, c2_evaluator):
+    """`connscan flows ... | head -1`: the scan is not cut short and exits by its findings."""
+    import os
+    import subprocess
+    import sys
+
+    flows, c2, _ = c2_evaluator
+    iocs = tmp_path / "iocs.txt"
+    iocs.write_text("\n".join(c2) + "\n")
+    log = tmp_path / "conn.log"
+    write_zeek_tsv(log, flows * 20)  # thousands of findings: more than one pipe buffer
+    stats = tmp_path / "stats.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connscan", "flows", "--iocs", str(iocs), "--relevant-countries", "",
+         "--stats", str(stats), "--progress", "never", str(log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away after one line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1, err  # Alert findings, not a crash (4)
+    assert "MODULE: ProcessConnections" in first
+    assert "Traceback" not in err and "output closed by the reader" in err
+    assert json.loads(stats.read_text())["records_scanned"] == len(flows) * 20

@@ -63,14 +63,8 @@ class ScanContext:
         settings = self.settings
         if settings.output in (None, "-"):
             writer = FindingWriter(sys.stdout, settings.format, settings.tag, self.hostname)
-            try:
-                yield writer
-                writer.flush()
-            except BrokenPipeError:
-                # The reader went away (`| head`): stop writing, still count and exit by the findings.
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                print("connscan: output closed by the reader; remaining findings not written", file=sys.stderr)
+            yield writer
+            writer.flush()
             return
         try:
             stream = open(settings.output, "w", encoding="utf-8", newline="\n")

@@ -15,6 +15,8 @@ only ``": "`` in a line are the ones after field names.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -232,6 +234,7 @@ class FindingWriter:
         self.stream, self.fmt, self.tag = stream, fmt, tag
         self.hostname, self.host_ip = hostname, host_ip
         self.written = 0
+        self.reader_gone = False
         self._json_lines = _JsonLines()
 
     def write(self, finding: Finding) -> None:
@@ -239,8 +242,8 @@ class FindingWriter:
             line = self._json_lines.line(finding)
         else:
             line = format_text_line(finding, self.tag, self.hostname, self.host_ip)
-        self.stream.write(line + "\n")
-        self.written += 1
+        if self._emit(line + "\n"):
+            self.written += 1
 
     def write_all(self, findings: Iterable[Finding]) -> None:
         if self.fmt != "jsonl":
@@ -248,12 +251,32 @@ class FindingWriter:
                 self.write(finding)
             return
         lines = [self._json_lines.line(finding) for finding in findings]
-        if lines:
-            self.stream.write("\n".join(lines) + "\n")  # one write per batch
+        if lines and self._emit("\n".join(lines) + "\n"):  # one write per batch
             self.written += len(lines)
 
     def flush(self) -> None:
-        self.stream.flush()
+        if not self.reader_gone:
+            self._emit("")
+
+    def _emit(self, text: str) -> bool:
+        """Write ``text``; False once the reader has gone (`| head`), so a scan goes on
+        counting and exits by its findings instead of dying half-way."""
+        if self.reader_gone:
+            return False
+        try:
+            self.stream.write(text)
+            if not text:
+                self.stream.flush()
+            return True
+        except BrokenPipeError:
+            self.reader_gone = True
+            if self.stream is sys.stdout:
+                # Python flushes stdout again at exit: point it at /dev/null so that is quiet.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            print("connscan: output closed by the reader; remaining findings not written", file=sys.stderr)
+            return False
 
 
 @dataclass
