@@ -12,6 +12,11 @@ Stable API (connscan.dask and the Spark/Ray recipe build on it):
     ``file``, ``row`` and ``start``. Rows whose source or destination is not an address are
     left out; pass a list as ``rejects`` to receive their (row, reason).
 
+``evaluate_flow_columns(batch, evaluator, home_engine, file, rejects=None) -> FlowFindings | None``
+    The same findings in columns (FlowFindings: rules.FlaggedRows + file + start times;
+    ``.findings()`` gives the Finding objects): ``connscan flows`` writes JSON lines from
+    them with FindingWriter.write_flow_findings, without a Python object per finding.
+
 ``home_engine_for(cidrs=None) -> Engine``: the home-network membership engine
     (default ``DEFAULT_HOME_NETS``: RFC 1918, RFC 6598, loopback, link-local, ULA).
 
@@ -78,12 +83,44 @@ def _as_batch(batch) -> pa.RecordBatch | pa.Table:
 
 def evaluate_flow_batch(batch, evaluator, home_engine, file: str | None, rejects: list | None = None) -> list:
     """Evaluate one contract batch (see the module docstring); returns its findings."""
+    flagged = evaluate_flow_columns(batch, evaluator, home_engine, file, rejects)
+    return flagged.findings() if flagged is not None else []
+
+
+@dataclass
+class FlowFindings:
+    """The findings of one flow batch in columns (rules.FlaggedRows plus the flow fields):
+    what ``connscan flows`` writes without a Finding object per row.
+
+    ``start_us``: each finding's start in microseconds since the epoch (UTC), valid where
+    ``start_valid``.
+    """
+
+    flagged: object  # rules.FlaggedRows
+    file: str | None
+    start_us: np.ndarray
+    start_valid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.flagged)
+
+    def findings(self) -> list:
+        """One Finding object per row, exactly those of ``evaluate_flow_batch``."""
+        findings = self.flagged.findings()
+        for finding, us, valid in zip(findings, self.start_us.tolist(), self.start_valid.tolist()):
+            finding.file = self.file
+            finding.start = _EPOCH + timedelta(microseconds=us) if valid else None
+        return findings
+
+
+def evaluate_flow_columns(batch, evaluator, home_engine, file: str | None, rejects: list | None = None) -> FlowFindings | None:
+    """``evaluate_flow_batch`` in columns: its findings as a FlowFindings (None when none)."""
     from connscan.engine import parse_addresses
 
     batch = _as_batch(batch)
     n = batch.num_rows
     if n == 0:
-        return []
+        return None
     src, dst = batch.column("src"), batch.column("dst")
     src_parsed, dst_parsed = parse_addresses(src), parse_addresses(dst)
     src_ok, dst_ok = src_parsed.kind != 0, dst_parsed.kind != 0
@@ -101,20 +138,20 @@ def evaluate_flow_batch(batch, evaluator, home_engine, file: str | None, rejects
         src, dst = batch.column("src"), batch.column("dst")
         n = batch.num_rows
         if n == 0:
-            return []
+            return None
     src_home = np.asarray(home_engine.lookup_parsed(src_parsed).signature) >= 0
     dst_home = np.asarray(home_engine.lookup_parsed(dst_parsed).signature) >= 0
     inbound = dst_home & ~src_home  # only then is the destination the local side
     direction = np.where(src_home, 0, np.where(inbound, 1, 2)).astype(np.int8)
     flipped = pa.array(inbound)
-    sport = batch.column("sport").to_numpy(zero_copy_only=False)
-    dport = batch.column("dport").to_numpy(zero_copy_only=False)
+    sport, dport = batch.column("sport"), batch.column("dport")
     table = pa.table(
         {
             "lip": pc.if_else(flipped, dst, src),
             "rip": pc.if_else(flipped, src, dst),
-            "lport": pa.array(np.where(inbound, dport, sport), pa.int32()),
-            "rport": pa.array(np.where(inbound, sport, dport), pa.int32()),
+            # In Arrow, so that unknown (null) ports stay null (numpy would make them NaN).
+            "lport": pc.if_else(flipped, dport, sport).cast(pa.int32()),
+            "rport": pc.if_else(flipped, sport, dport).cast(pa.int32()),
             "proto": batch.column("proto"),
             "direction": pa.DictionaryArray.from_arrays(pa.array(direction), _DIRECTIONS).cast(pa.string()),
             "check_local": pa.array(np.ones(n, bool)),
@@ -123,26 +160,16 @@ def evaluate_flow_batch(batch, evaluator, home_engine, file: str | None, rejects
     )
     local = _choose_parsed(inbound, dst_parsed, src_parsed)
     remote = _choose_parsed(inbound, src_parsed, dst_parsed)
-    findings = evaluator.evaluate(table, local=local, remote=remote)  # addresses parsed once
-    if findings:
-        _add_flow_fields(findings, batch, file)
-    return findings
+    flagged = evaluator.evaluate_columns(table, local=local, remote=remote)  # addresses parsed once
+    if flagged is None:
+        return None
+    # The start converted here, not per value by pyarrow (slow for zoned timestamps).
+    starts = batch.column("start").cast(pa.int64()).take(pa.array(flagged.index))
+    return FlowFindings(flagged, file, starts.fill_null(0).to_numpy(zero_copy_only=False),
+                        starts.is_valid().to_numpy(zero_copy_only=False))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _add_flow_fields(findings: list, batch, file: str | None) -> None:
-    """file and start of each finding (start converted here: pyarrow's per-value
-    conversion of zoned timestamps is slow, and only the findings need it)."""
-    rows = batch.column("row").to_numpy(zero_copy_only=False)
-    starts = batch.column("start").cast(pa.int64())
-    start_valid = starts.is_valid().to_numpy(zero_copy_only=False)
-    start_us = starts.fill_null(0).to_numpy(zero_copy_only=False)
-    at = np.searchsorted(rows, [finding.row for finding in findings])  # rows ascend in a batch
-    for finding, us, valid in zip(findings, start_us[at].tolist(), start_valid[at].tolist()):
-        finding.file = file
-        finding.start = _EPOCH + timedelta(microseconds=us) if valid else None
 
 
 def _choose_parsed(mask, if_true, if_false):
@@ -271,8 +298,12 @@ def scan_paths(
     on_rejects: Callable[[str, list], None] = lambda name, rejects: None,
     on_error: Callable[[str], None] = lambda message: None,
     progress=None,
+    columnar: bool = False,
 ) -> FlowRun:
     """Read, evaluate and account for every record of ``paths`` ("-" = stdin).
+
+    ``columnar``: ``on_findings`` receives each batch's findings as a FlowFindings (or
+    None when there are none) instead of a list of Finding objects.
 
     NetFlow data sets of one file whose template arrives in a later file are evaluated
     when it does, and counted for the file they came from (NetFlow's deferred mode).
@@ -306,11 +337,16 @@ def scan_paths(
                     accounts[owner].accept(batch.num_rows)
                 owner_account = accounts[owner]
                 invalid: list = []
-                findings = evaluate_flow_batch(batch, evaluator, home_engine, owner, invalid)
+                if columnar:
+                    findings = evaluate_flow_columns(batch, evaluator, home_engine, owner, invalid)
+                    if findings is not None:
+                        results[owner].stats.findings.update(findings.flagged.level_counts())
+                else:
+                    findings = evaluate_flow_batch(batch, evaluator, home_engine, owner, invalid)
+                    results[owner].stats.add_findings(findings)
                 for row, reason, text in invalid:
                     owner_account.unscan(row, reason, text)
                 on_rejects(owner, owner_account.take_rejects())
-                results[owner].stats.add_findings(findings)
                 on_findings(findings)
                 if progress is not None:
                     progress.update(account)
@@ -537,7 +573,8 @@ def run_flows(args, ctx) -> int:
     gc.freeze()
     try:
         with ctx.open_writer() as writer:
-            on_findings = collected.extend if aggregate_mode else writer.write_all
+            # Without --aggregate, findings go from columns to lines with no object per row.
+            on_findings = collected.extend if aggregate_mode else writer.write_flow_findings
             run = scan_paths(
                 paths,
                 ctx.evaluator,
@@ -548,6 +585,7 @@ def run_flows(args, ctx) -> int:
                 on_rejects=write_rejects,
                 on_error=lambda message: _print_error(progress, message),
                 progress=progress,
+                columnar=not aggregate_mode,
             )
             if aggregate_mode:
                 writer.write_all(aggregate(collected))
@@ -601,7 +639,9 @@ __all__ = [
     "FlowRun",
     "add_flow_options",
     "aggregate",
+    "FlowFindings",
     "evaluate_flow_batch",
+    "evaluate_flow_columns",
     "expand_paths",
     "home_engine_for",
     "run_flows",

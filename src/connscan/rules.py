@@ -29,6 +29,7 @@ __all__ = [
     "SPECIAL_PURPOSE_NETWORKS",
     "Evaluator",
     "Finding",
+    "FlaggedRows",
     "Reason",
     "RuleConfig",
     "combine_scores",
@@ -241,6 +242,61 @@ def _network_ends(network: str) -> tuple[str, str]:
     return str(net.network_address), str(net.broadcast_address)
 
 
+@dataclass
+class FlaggedRows:
+    """The findings of one evaluated batch in columns, row i of ``table`` being finding i.
+
+    ``index``: each finding's position in the evaluated batch; ``group``: its index into
+    ``outcomes``, the (score, level, message, listed reasons) shared by its group;
+    ``lport``/``rport``: ports (-1 unknown); ``country``: remote country code (b"" unknown).
+    """
+
+    time: datetime
+    hostname: str
+    table: pa.Table
+    index: np.ndarray
+    group: np.ndarray
+    outcomes: list[tuple]
+    lport: np.ndarray
+    rport: np.ndarray
+    country: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def level_counts(self) -> dict[str, int]:
+        """Number of findings per level."""
+        counts: dict[str, int] = {}
+        for outcome, n in zip(self.outcomes, np.bincount(self.group, minlength=len(self.outcomes)).tolist()):
+            if n:  # groups left out (Info) have no rows
+                counts[outcome[1]] = counts.get(outcome[1], 0) + n
+        return counts
+
+    def findings(self) -> list[Finding]:
+        """One Finding object per row."""
+        group_of = self.group.tolist()
+        picked, m = self.table, len(self)
+
+        def per_group(i):  # outcome field i of each row
+            values = [outcome[i] for outcome in self.outcomes]
+            return [values[g] for g in group_of]
+
+        def text(name, default=None):
+            return _text_column(picked, name, None, default)
+
+        # Positional, in Finding's field order: several times faster than keywords.
+        return list(map(
+            Finding, repeat(self.time, m), repeat(self.hostname, m), per_group(1), per_group(2),
+            per_group(0), _column(picked, "proto"), _column(picked, "lip"), _ports(self.lport),
+            _column(picked, "rip"), _ports(self.rport),
+            text("direction", "unknown"), [cc.decode("ascii") or None for cc in self.country.tolist()],
+            map(list, per_group(3)), repeat("ProcessConnections", m),
+            [None if pid is None or pid < 0 else pid for pid in _column(picked, "pid")],
+            text("name"), text("command"), text("exe"), text("user"), text("status"),
+            _column(picked, "file"), _column(picked, "row"), _column(picked, "start"),
+        ))
+
+
 class Evaluator:
     """Evaluate connection batches (docs/ARCHITECTURE.md, section Rules and findings).
 
@@ -312,13 +368,19 @@ class Evaluator:
         ``local``/``remote``: the lip/rip columns already parsed (engine.ParsedAddresses),
         when the caller has them (the flow pipeline): they are not parsed again.
         """
+        flagged = self.evaluate_columns(batch, local, remote)
+        return flagged.findings() if flagged is not None else []
+
+    def evaluate_columns(self, batch, local=None, remote=None) -> FlaggedRows | None:
+        """The findings of ``evaluate`` in columns (None when there are none): what the
+        flow writer renders without a Finding object per row."""
         table = _as_table(batch)
         missing = [name for name in _REQUIRED_COLUMNS if name not in table.column_names]
         if missing:
             raise ValueError(f"connection batch lacks column(s) {', '.join(missing)} (docs/ARCHITECTURE.md)")
         n = table.num_rows
         if n == 0:
-            return []
+            return None
         cfg = self.config
 
         def lookup(engine, parsed, name):
@@ -355,10 +417,10 @@ class Evaluator:
             attention[:] = True
         rows = np.flatnonzero(attention)
         if len(rows) == 0:
-            return []
-        return self._findings(table, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport)
+            return None
+        return self._flagged(table, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport)
 
-    def _findings(self, table, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport) -> list[Finding]:
+    def _flagged(self, table, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport) -> FlaggedRows | None:
         cfg = self.config
         n = len(rows)
         none = np.full(n, -1, np.int64)
@@ -403,29 +465,10 @@ class Evaluator:
             informative = np.array([level != "Info" for _, level, _, _ in outcomes], bool)
             keep = np.flatnonzero(informative[group_of])
         if len(keep) == 0:
-            return []
-        group_of = group_of[keep].tolist()
-        picked = table.take(pa.array(rows[keep]))
-
-        def per_group(i):  # outcome field i of each kept row
-            values = [outcome[i] for outcome in outcomes]
-            return [values[g] for g in group_of]
-
-        def text(name, default=None):
-            return _text_column(picked, name, None, default)
-
-        m = len(keep)
-        # Positional, in Finding's field order: several times faster than keywords.
-        return list(map(
-            Finding, repeat(datetime.now(timezone.utc), m), repeat(self.hostname, m), per_group(1), per_group(2),
-            per_group(0), _column(picked, "proto"), _column(picked, "lip"), _ports(lport[keep]),
-            _column(picked, "rip"), _ports(rport[keep]),
-            text("direction", "unknown"), [cc.decode("ascii") or None for cc in country[keep].tolist()],
-            map(list, per_group(3)), repeat("ProcessConnections", m),
-            [None if pid is None or pid < 0 else pid for pid in _column(picked, "pid")],
-            text("name"), text("command"), text("exe"), text("user"), text("status"),
-            _column(picked, "file"), _column(picked, "row"), _column(picked, "start"),
-        ))
+            return None
+        index = rows[keep]
+        return FlaggedRows(datetime.now(timezone.utc), self.hostname, table.take(pa.array(index)), index,
+                           group_of[keep], outcomes, lport[keep], rport[keep], country[keep])
 
     def _key_code(self, value: tuple) -> int:
         return self._key_codes.setdefault(value, len(self._key_codes))

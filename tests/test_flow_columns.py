@@ -1,0 +1,123 @@
+"""The columnar findings path of `connscan flows` writes exactly what the object path writes.
+
+- The JSON lines rendered from a FlowFindings' columns == json.dumps(finding_to_dict(f))
+  for each of its Finding objects, byte for byte, on random batches (escaping, IPv6,
+  missing ports and start times, fractional seconds, pre-1970 times).
+- Those Finding objects == the ones evaluate_flow_batch gives (the object path).
+- scan_paths + FindingWriter: the columnar path's output file == the object path's.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connscan.engine import Engine
+from connscan.flows import evaluate_flow_batch, evaluate_flow_columns, home_engine_for, scan_paths
+from connscan.geoip import GeoTable
+from connscan.output import FindingWriter, _json_text_fields, finding_to_dict, json_lines_of_flow_findings
+from connscan.rules import Evaluator, RuleConfig
+from connscan.signatures import SignatureSet
+from connscan.sources import BATCH_SCHEMA, ReaderOptions
+
+C2 = ["45.9.148.0/24", "185.220.101.7", "2a0e:fe40::/32", "91.92.240.12"]
+GEO = GeoTable.from_ranges(v4=[("128.0.0.0/1", "KP"), ("1.0.0.0/8", "DE")], v6=[("2a0e::/16", "RU")])
+ADDRESSES = ["10.1.2.3", "192.168.7.9", "fd00::17", "fe80::1", "45.9.148.33", "185.220.101.7", "2a0e:fe40::beef",
+             "91.92.240.12", "1.2.3.4", "200.1.1.1", "8.8.8.8", "2001:db8::5", "::ffff:45.9.148.1", "not-an-ip"]
+# Text JSON must escape (quotes, backslashes, control characters) and must not (non-ASCII, U+2028).
+_TEXT = st.text(alphabet=st.sampled_from(['a', 'Z', '0', ' ', ':', '"', '\\', '\n', '\t', '\x00', '\x1f',
+                                          '\x7f', 'é', '\u2028', '😀', '/']), max_size=10)
+_MICROS = st.integers(-3_000_000_000_000_000, 4_000_000_000_000_000)  # about 1875..2096
+
+
+def _json_line(finding) -> str:
+    return json.dumps(finding_to_dict(finding), ensure_ascii=False, separators=(",", ":"))
+
+
+def _evaluator(**config) -> Evaluator:
+    engine = Engine(SignatureSet.from_networks(C2, description='C2 "test" \\ list'), GEO)
+    return Evaluator(engine, RuleConfig(**config), hostname="host\t\"one\"")
+
+
+@st.composite
+def flow_batches(draw):
+    n = draw(st.integers(1, 40))
+    start = draw(st.lists(st.none() | _MICROS | st.integers(0, 10**6) | st.just(1_767_225_600_000_000), min_size=n, max_size=n))
+    return pa.record_batch([
+        pa.array(draw(st.lists(st.sampled_from(ADDRESSES), min_size=n, max_size=n)), pa.string()),
+        pa.array(draw(st.lists(st.sampled_from(ADDRESSES), min_size=n, max_size=n)), pa.string()),
+        pa.array(draw(st.lists(st.none() | st.sampled_from([0, 80, 443, 4444, 9001, 65535]), min_size=n, max_size=n)), pa.int32()),
+        pa.array(draw(st.lists(st.none() | st.sampled_from([0, 53, 1337, 8080, 31337]), min_size=n, max_size=n)), pa.int32()),
+        pa.array(draw(st.lists(st.none() | st.sampled_from(["tcp", "udp", "", "ICMP"]) | _TEXT, min_size=n, max_size=n)), pa.string()),
+        pa.array(start, pa.timestamp("us", tz="UTC")),
+        pa.array(sorted(draw(st.lists(st.integers(1, 10**9), min_size=n, max_size=n, unique=True))), pa.int64()),
+    ], schema=BATCH_SCHEMA)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=flow_batches(), file=st.none() | _TEXT, all_connections=st.booleans())
+def test_columnar_lines_equal_object_lines(batch, file, all_connections):
+    evaluator = _evaluator(all_connections=all_connections)
+    home = home_engine_for()
+    flow = evaluate_flow_columns(batch, evaluator, home, file)
+    objects = evaluate_flow_batch(batch, evaluator, home, file)
+    if flow is None:
+        assert objects == []
+        return
+    findings = flow.findings()
+    # The object path's findings, apart from the evaluation time (now() per call).
+    assert [replace(f, time=None) for f in findings] == [replace(f, time=None) for f in objects]
+    assert json_lines_of_flow_findings(flow) == [_json_line(f) for f in findings]
+    columnar, plain = io.StringIO(), io.StringIO()
+    FindingWriter(columnar, "jsonl").write_flow_findings(flow)
+    FindingWriter(plain, "jsonl").write_all(findings)
+    assert columnar.getvalue() == plain.getvalue()
+    assert flow.flagged.level_counts() == {level: sum(f.level == level for f in findings) for level in {f.level for f in findings}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.none() | _TEXT, min_size=1, max_size=20))
+def test_text_fields_escape_like_json_dumps(values):
+    expected = ["" if value is None else ',"lip":' + json.dumps(value, ensure_ascii=False) for value in values]
+    assert _json_text_fields(',"lip":', pa.chunked_array([pa.array(values, pa.string())])).to_pylist() == expected
+
+
+def test_text_output_goes_through_the_object_path():
+    batch = pa.record_batch([pa.array(["10.0.0.1"]), pa.array(["45.9.148.2"]), pa.array([5000], pa.int32()),
+                             pa.array([443], pa.int32()), pa.array(["tcp"]),
+                             pa.array([datetime(2026, 1, 2, tzinfo=timezone.utc)], pa.timestamp("us", tz="UTC")),
+                             pa.array([7], pa.int64())], schema=BATCH_SCHEMA)
+    flow = evaluate_flow_columns(batch, _evaluator(), home_engine_for(), "f.csv")
+    out = io.StringIO()
+    writer = FindingWriter(out, "text", hostname="h")
+    writer.write_flow_findings(flow)
+    assert writer.written == 1
+    assert "RIP: 45.9.148.2 RPORT: 443 FILE: f.csv ROW: 7 START: 2026-01-02T00:00:00Z" in out.getvalue()
+
+
+def test_scan_paths_columnar_output_equals_object_output(tmp_path):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "flows.csv"
+    with open(path, "w") as handle:
+        handle.write("src_ip,dst_ip,src_port,dst_port,proto,start\n")
+        for i in range(3000):
+            src, dst = (ADDRESSES[k] for k in rng.integers(0, len(ADDRESSES) - 1, 2))
+            handle.write(f"{src},{dst},{rng.integers(1, 65536)},{[443, 4444, 53][i % 3]},tcp,2026-01-01T00:00:{i % 60:02d}.{i:06d}Z\n")
+    outputs, stats = [], []
+    for columnar in (True, False):
+        out = io.StringIO()
+        writer = FindingWriter(out, "jsonl")
+        run = scan_paths([str(path)], _evaluator(), home_engine_for(), options=ReaderOptions(batch_rows=700),
+                         on_findings=writer.write_flow_findings if columnar else writer.write_all, columnar=columnar)
+        outputs.append(re.sub(r'^\{"time":"[^"]*",', "", out.getvalue(), flags=re.M))  # now() of each run
+        stats.append(run.stats.to_dict() | {"elapsed_s": None, "files": None})
+    assert outputs[0] == outputs[1]
+    assert outputs[0].count("\n") == sum(stats[0]["findings"].values()) > 100
+    assert stats[0] == stats[1]
