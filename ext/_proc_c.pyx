@@ -52,26 +52,10 @@ cdef extern from "<errno.h>" nogil:
         EACCES
         EPERM
 
-# Row codes shared with connscan._proc_py and connscan.live.
-REMOTE_NORMAL = 0
-REMOTE_LOOPBACK = 1
-REMOTE_UNSPECIFIED = 2
+# The row codes (remote_kind's return values) and the line-error reasons are defined once,
+# in the pure-Python twin, so the two implementations cannot drift apart.
+from connscan._proc_py import LINE_ERRORS, REMOTE_LOOPBACK, REMOTE_NORMAL, REMOTE_UNSPECIFIED
 
-# Reasons for a rejected line, indexed by the parser's error code (0 = no error).
-LINE_ERRORS = (
-    "",
-    "fewer than 10 fields",
-    "bad slot number",
-    "bad local address",
-    "bad remote address",
-    "bad state",
-    "bad queue sizes",
-    "bad timer",
-    "bad retransmit count",
-    "bad uid",
-    "bad timeout",
-    "bad inode",
-)
 cdef enum:
     KEPT_LINE_ERRORS = 20  # reasons kept per table; the rest are only counted
 MAX_LINE_ERRORS = KEPT_LINE_ERRORS

@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connscan import _native
+# What the remote address of a row is: the codes both socket-table parsers return.
+from connscan._proc_py import REMOTE_LOOPBACK, REMOTE_NORMAL, REMOTE_UNSPECIFIED
 
 # Index = status code of a row; /proc tcp states 1..12 keep their kernel numbers.
 STATUS_NAMES = (
@@ -47,9 +49,6 @@ _UNKNOWN = _STATUS_CODE["UNKNOWN"]
 PROTOCOLS = ("tcp", "udp")
 _TCP, _UDP = 0, 1
 DIRECTIONS = ("outbound", "inbound")
-
-# What the remote address of a row is (the same codes as connscan._proc_c).
-REMOTE_NORMAL, REMOTE_LOOPBACK, REMOTE_UNSPECIFIED = 0, 1, 2
 
 # (file under <proc>/net, IPv6 table, protocol code)
 _PROC_TABLES = (("tcp", False, _TCP), ("tcp6", True, _TCP), ("udp", False, _UDP), ("udp6", True, _UDP))
