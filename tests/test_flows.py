@@ -399,3 +399,23 @@ def test_cli_flows_goes_on_counting_when_the_reader_goes_away(tmp_path, c2_evalu
     assert "MODULE: ProcessConnections" in first
     assert "Traceback" not in err and "output closed by the reader" in err
     assert json.loads(stats.read_text())["records_scanned"] == len(flows) * 20
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_compressed_netflow_capture_reads_like_the_plain_one(tmp_path, compress):
+    """A compressed NetFlow file is decoded through the decompressed stream, not the path."""
+    import zstandard
+
+    from support import TEST_DATA
+
+    plain = TEST_DATA / "netflow" / "netflow5.dat"
+    packed = tmp_path / ("netflow5.dat.gz" if compress == "gzip" else "netflow5.dat.zst")
+    data = plain.read_bytes()
+    packed.write_bytes(gzip.compress(data) if compress == "gzip" else zstandard.ZstdCompressor().compress(data))
+    counts = []
+    for path in (plain, packed):
+        code, _, stats, _ = _cli(tmp_path, "--all-connections", str(path))
+        assert code in (0, 1), stats
+        counts.append((stats["records_read"], stats["records_scanned"], stats["records_rejected"]))
+    assert counts[0][1] > 0
+    assert counts[1] == counts[0]

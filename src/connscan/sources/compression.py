@@ -168,17 +168,22 @@ class ByteSource:
             pass
 
 
-class _ChunkStream(io.RawIOBase):
-    def __init__(self, chunks: Iterator[bytes]):
-        self._chunks = chunks
+class _RefillingReader(io.RawIOBase):
+    """A raw reader over blocks that ``_refill`` produces (b"" at the end)."""
+
+    def __init__(self):
         self._pending = b""
+        self._offset = 0
 
     def readable(self) -> bool:
         return True
 
+    def _refill(self) -> bytes:
+        raise NotImplementedError
+
     def readinto(self, buffer) -> int:
-        while not self._pending:
-            self._pending = next(self._chunks, b"")
+        if not self._pending:
+            self._pending = self._refill()
             if not self._pending:
                 return 0
         n = min(len(buffer), len(self._pending) - self._offset)
@@ -187,6 +192,18 @@ class _ChunkStream(io.RawIOBase):
         if self._offset == len(self._pending):
             self._pending, self._offset = b"", 0
         return n
+
+
+class _ChunkStream(_RefillingReader):
+    def __init__(self, chunks: Iterator[bytes]):
+        super().__init__()
+        self._chunks = chunks
+
+    def _refill(self) -> bytes:
+        for chunk in self._chunks:
+            if chunk:
+                return bytes(chunk)
+        return b""
 
 
 def _decompressor(compression: str | None, stream: BinaryIO) -> BinaryIO:
@@ -201,27 +218,23 @@ def _decompressor(compression: str | None, stream: BinaryIO) -> BinaryIO:
     return stream
 
 
-class _ZstdFrames(io.RawIOBase):
+class _ZstdFrames(_RefillingReader):
     """zstd frames one after another; a stream that ends inside a frame raises EOFError
     (zstandard's stream reader ends quietly there, which would hide a truncated file)."""
 
     def __init__(self, raw: BinaryIO):
+        super().__init__()
         self._raw = raw
         self._frame = zstandard.ZstdDecompressor().decompressobj()
         self._in_frame = False
-        self._pending = b""
-        self._offset = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._pending:
+    def _refill(self) -> bytes:
+        while True:
             chunk = self._raw.read(1 << 20)
             if not chunk:
                 if self._in_frame:
                     raise EOFError("zstd stream ended inside a frame")
-                return 0
+                return b""
             parts = []
             while chunk:
                 self._in_frame = True
@@ -231,13 +244,9 @@ class _ZstdFrames(io.RawIOBase):
                 chunk = self._frame.unused_data
                 self._frame = zstandard.ZstdDecompressor().decompressobj()
                 self._in_frame = False
-            self._pending = b"".join(parts)
-        n = min(len(buffer), len(self._pending) - self._offset)
-        buffer[:n] = self._pending[self._offset : self._offset + n]
-        self._offset += n
-        if self._offset == len(self._pending):
-            self._pending, self._offset = b"", 0
-        return n
+            data = b"".join(parts)
+            if data:
+                return data
 
 
 def open_bytes(path: str | os.PathLike, stdin: BinaryIO) -> ByteSource:
