@@ -32,7 +32,6 @@ that arrive in a later file) when its signature accepts them.
 """
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import sys
@@ -161,24 +160,15 @@ def detect_format(head: bytes) -> str | None:
         return "parquet"
     if head.startswith(b"ARROW1") or head.startswith(b"\xff\xff\xff\xff"):
         return "arrow"
-    netflow = _netflow_module()
-    if netflow is not None and netflow.sniff(head):
-        return "netflow"
-    from connscan.sources import aws, nfdump, suricata, tabular, zeek
+    from connscan.sources import aws, netflow, nfdump, suricata, tabular, zeek
 
+    if netflow.sniff(head):
+        return "netflow"
     for sniff in (nfdump.sniff, zeek.sniff, suricata.sniff, aws.sniff, tabular.sniff_delimited):
         fmt = sniff(head)
         if fmt:
             return fmt
     return None
-
-
-def _netflow_module():
-    try:
-        from connscan.sources import netflow
-    except ImportError:
-        return None
-    return netflow
 
 
 def open_source(
@@ -234,17 +224,10 @@ def _reader_for(fmt: str, data: ByteSource, account: SourceAccount, options: Rea
 
 
 def _read_netflow(data: ByteSource, account: SourceAccount, session: dict) -> Iterator[pa.RecordBatch]:
-    netflow = _netflow_module()
-    if netflow is None:
-        raise InputError(f"{account.name}: NetFlow reader (connscan.sources.netflow) is not available")
-    params = inspect.signature(netflow.read_netflow).parameters
-    kwargs = {}
-    if "account" in params:
-        kwargs["account"] = account
-    if "session" in params:
-        kwargs["session"] = session
+    from connscan.sources import netflow
+
     target = data.path if data.path is not None and data.compression is None else io.BufferedReader(data.raw_stream())
-    yield from netflow.read_netflow(target, account.name, **kwargs)
+    yield from netflow.read_netflow(target, account.name, account=account, session=session)
 
 
 def _closing(data: ByteSource, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
