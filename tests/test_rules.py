@@ -179,6 +179,15 @@ def test_suspicious_port_is_the_service_port():
     assert findings[0].reasons[0].signature == "4444"
 
 
+def test_ports_outside_the_port_range_are_not_suspicious():
+    # Parquet/Arrow input can carry any integer; suspicious ports 0 and 65535 are the table edges.
+    evaluator = _evaluator(suspicious_ports={0: 50, 65535: 50})
+    findings = evaluator.evaluate(_batch([
+        {"lip": "10.0.0.1", "lport": 1, "rip": "192.0.2.1", "rport": port} for port in (65536, 70000, -2, -65537, 65535, 0)
+    ]))
+    assert [(f.row, f.reasons[0].signature) for f in findings] == [(5, "65535"), (6, "0")]
+
+
 def test_network_allowlist_pulls_a_broader_c2_down():
     # firehol_level1 lists 10.0.0.0/8; the branch office 10.20.0.0/16 is allowlisted.
     evaluator = _evaluator(c2=["10.0.0.0/8"], allow=["10.20.0.0/16"], allow_score=-50)

@@ -115,11 +115,10 @@ class FlowFindings:
 
 def evaluate_flow_columns(batch, evaluator, home_engine, file: str | None, rejects: list | None = None) -> FlowFindings | None:
     """``evaluate_flow_batch`` in columns: its findings as a FlowFindings (None when none)."""
-    from connscan.engine import parse_addresses
+    from connscan.engine import LookupResult, parse_addresses
 
     batch = _as_batch(batch)
-    n = batch.num_rows
-    if n == 0:
+    if batch.num_rows == 0:
         return None
     src, dst = batch.column("src"), batch.column("dst")
     src_parsed, dst_parsed = parse_addresses(src), parse_addresses(dst)
@@ -131,36 +130,45 @@ def evaluate_flow_columns(batch, evaluator, home_engine, file: str | None, rejec
             for i in np.flatnonzero(~valid):
                 reason = "invalid source address" if not src_ok[i] else "invalid destination address"
                 rejects.append((int(rows[i]), reason, f"src={src[i].as_py()!r} dst={dst[i].as_py()!r}"))
-        keep = pa.array(valid)
-        batch = batch.filter(keep)
+        batch = batch.filter(pa.array(valid))
         src_parsed = _take_parsed(src_parsed, valid)
         dst_parsed = _take_parsed(dst_parsed, valid)
-        src, dst = batch.column("src"), batch.column("dst")
-        n = batch.num_rows
-        if n == 0:
+        if batch.num_rows == 0:
             return None
     src_home = np.asarray(home_engine.lookup_parsed(src_parsed).signature) >= 0
     dst_home = np.asarray(home_engine.lookup_parsed(dst_parsed).signature) >= 0
     inbound = dst_home & ~src_home  # only then is the destination the local side
-    direction = np.where(src_home, 0, np.where(inbound, 1, 2)).astype(np.int8)
-    flipped = pa.array(inbound)
-    sport, dport = batch.column("sport"), batch.column("dport")
-    table = pa.table(
-        {
+    # Both ends are looked up once; the local/remote view is a choice per row.
+    src_found, dst_found = evaluator.engine.lookup_parsed(src_parsed), evaluator.engine.lookup_parsed(dst_parsed)
+    remote_found = LookupResult(*(np.where(inbound, a, b) for a, b in (
+        (src_found.signature, dst_found.signature), (src_found.country, dst_found.country), (src_found.valid, dst_found.valid))))
+    local_sig = np.where(inbound, dst_found.signature, src_found.signature).astype(np.int64)
+    sport, dport = (_port_numbers(batch.column(name)) for name in ("sport", "dport"))
+
+    def lookup(engine, side):  # another engine's view of one side (the direct-Internet rule)
+        first, second = (dst_parsed, src_parsed) if side == "local" else (src_parsed, dst_parsed)
+        return engine.lookup_parsed(_choose_parsed(inbound, first, second))
+
+    def pick(rows):  # the evaluator's table, built only for the rows that need a look
+        taken = batch.take(pa.array(rows))
+        src, dst, sport, dport = (taken.column(name) for name in ("src", "dst", "sport", "dport"))
+        flipped = pa.array(inbound[rows])
+        direction = np.where(src_home[rows], 0, np.where(inbound[rows], 1, 2)).astype(np.int8)
+        return pa.table({
             "lip": pc.if_else(flipped, dst, src),
             "rip": pc.if_else(flipped, src, dst),
             # In Arrow, so that unknown (null) ports stay null (numpy would make them NaN).
             "lport": pc.if_else(flipped, dport, sport).cast(pa.int32()),
             "rport": pc.if_else(flipped, sport, dport).cast(pa.int32()),
-            "proto": batch.column("proto"),
-            "direction": pa.DictionaryArray.from_arrays(pa.array(direction), _DIRECTIONS).cast(pa.string()),
-            "check_local": pa.array(np.ones(n, bool)),
-            "row": batch.column("row"),
-        }
+            "proto": taken.column("proto"),
+            "direction": _DIRECTIONS.take(pa.array(direction)),
+            "row": taken.column("row"),
+        })
+
+    flagged = evaluator.evaluate_sides(
+        remote_found, local_sig, inbound=inbound, outbound=src_home,
+        lport=np.where(inbound, dport, sport), rport=np.where(inbound, sport, dport), lookup=lookup, pick=pick,
     )
-    local = _choose_parsed(inbound, dst_parsed, src_parsed)
-    remote = _choose_parsed(inbound, src_parsed, dst_parsed)
-    flagged = evaluator.evaluate_columns(table, local=local, remote=remote)  # addresses parsed once
     if flagged is None:
         return None
     # The start converted here, not per value by pyarrow (slow for zoned timestamps).
@@ -178,6 +186,11 @@ def _choose_parsed(mask, if_true, if_false):
 
     return ParsedAddresses(*(np.where(mask, a, b) for a, b in zip(
         (if_true.kind, if_true.v4, if_true.hi, if_true.lo), (if_false.kind, if_false.v4, if_false.hi, if_false.lo))))
+
+
+def _port_numbers(column) -> np.ndarray:
+    """int64 port numbers, -1 for unknown (null) ones."""
+    return pc.fill_null(column, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
 def _take_parsed(parsed, mask):

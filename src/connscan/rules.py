@@ -311,8 +311,11 @@ class Evaluator:
         self.hostname = hostname or socket.gethostname()
         self.signatures = engine.signatures
         self._signature_cache: dict[int, Any] = {}
-        self._relevant = np.array([cc.encode("ascii") for cc in self.config.relevant_countries], dtype="S2")
-        self._ports = np.array(sorted(self.config.suspicious_ports), dtype=np.int64)
+        # Membership tables: a two-letter code read as a 16-bit integer, a port + 1 (-1 unknown).
+        self._relevant_table = np.zeros(1 << 16, bool)
+        self._relevant_table[np.array([cc.encode("ascii") for cc in self.config.relevant_countries], "S2").view(np.uint16)] = True
+        self._port_table = np.zeros((1 << 16) + 1, bool)
+        self._port_table[np.array(sorted(self.config.suspicious_ports), np.int64) + 1] = True
         self._nodirect_engine = _network_engine(self.config.no_direct_internet) if self.config.no_direct_internet else None
         self._reason_cache: dict[tuple, Reason] = {}
         self._signature_infos: dict[int, tuple[Reason, int | None]] = {}
@@ -378,39 +381,52 @@ class Evaluator:
         missing = [name for name in _REQUIRED_COLUMNS if name not in table.column_names]
         if missing:
             raise ValueError(f"connection batch lacks column(s) {', '.join(missing)} (docs/ARCHITECTURE.md)")
-        n = table.num_rows
-        if n == 0:
+        if table.num_rows == 0:
             return None
-        cfg = self.config
 
-        def lookup(engine, parsed, name):
+        def lookup(engine, side):
+            parsed, name = (local, "lip") if side == "local" else (remote, "rip")
             return engine.lookup_parsed(parsed) if parsed is not None else engine.lookup(table.column(name))
 
-        remote_found = lookup(self.engine, remote, "rip")
+        check_local = _bool_column(table, "check_local")
+        local_sig = None
+        if check_local.any():
+            local_sig = np.where(check_local, np.asarray(lookup(self.engine, "local").signature, dtype=np.int64), -1)
+        return self.evaluate_sides(
+            lookup(self.engine, "remote"), local_sig,
+            inbound=_equals(table, "direction", "inbound"), outbound=_equals(table, "direction", "outbound"),
+            lport=_int_column(table, "lport"), rport=_int_column(table, "rport"),
+            lookup=lookup, pick=lambda rows: table.take(pa.array(rows)),
+        )
+
+    def evaluate_sides(self, remote_found, local_sig, *, inbound, outbound, lport, rport, lookup, pick) -> FlaggedRows | None:
+        """``evaluate_columns`` on arrays, for a caller that looked the addresses up itself
+        (the flow pipeline looks up both ends once and builds a table only for flagged rows).
+
+        ``remote_found``: the engine's LookupResult of the remote addresses (with ``valid``);
+        ``local_sig``: the local addresses' signature indices (-1 none), None when the local
+        side is not checked; ``inbound``/``outbound``: bool per row; ``lport``/``rport``:
+        int64, -1 unknown; ``lookup(engine, "local" | "remote")``: a side looked up in
+        another engine (only the direct-Internet rule asks); ``pick(rows)``: the table of
+        those rows, with evaluate_columns' columns.
+        """
+        cfg = self.config
         rsig = np.asarray(remote_found.signature, dtype=np.int64)
         attention = self._attention(rsig)
-        check_local = _bool_column(table, "check_local")
-        lsig = None
-        if check_local.any():
-            local_found = lookup(self.engine, local, "lip")
-            lsig = np.where(check_local, np.asarray(local_found.signature, dtype=np.int64), -1)
-            attention |= self._attention(lsig)
+        if local_sig is not None:
+            attention |= self._attention(local_sig)
         country = np.asarray(remote_found.country, dtype="S2")
-        attention |= np.isin(country, self._relevant)
-        inbound = _equals(table, "direction", "inbound")
-        outbound = _equals(table, "direction", "outbound")
-        lport = _int_column(table, "lport")
-        rport = _int_column(table, "rport")
+        attention |= self._relevant_country(country)
         service_port = np.where(inbound, lport, rport)
-        attention |= np.isin(service_port, self._ports)
+        attention |= self._suspicious_port(service_port)
         nodirect_net = None
         if self._nodirect_engine is not None:
-            nodirect_net = np.asarray(lookup(self._nodirect_engine, local, "lip").signature, dtype=np.int64)
+            nodirect_net = np.asarray(lookup(self._nodirect_engine, "local").signature, dtype=np.int64)
             public = np.asarray(remote_found.valid, dtype=bool) & (
-                np.asarray(lookup(_special_purpose_engine(), remote, "rip").signature) < 0
+                np.asarray(lookup(_special_purpose_engine(), "remote").signature) < 0
             )
             if self.home_engine is not None:
-                public &= np.asarray(lookup(self.home_engine, remote, "rip").signature) < 0
+                public &= np.asarray(lookup(self.home_engine, "remote").signature) < 0
             nodirect_net = np.where(outbound & public, nodirect_net, -1)
             attention |= nodirect_net >= 0
         if cfg.all_connections:
@@ -418,9 +434,17 @@ class Evaluator:
         rows = np.flatnonzero(attention)
         if len(rows) == 0:
             return None
-        return self._flagged(table, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport)
+        return self._flagged(pick(rows), rows, rsig, local_sig, country, inbound, service_port, nodirect_net, lport, rport)
 
-    def _flagged(self, table, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport) -> FlaggedRows | None:
+    def _relevant_country(self, country: np.ndarray) -> np.ndarray:
+        return self._relevant_table[np.ascontiguousarray(country, "S2").view(np.uint16)]
+
+    def _suspicious_port(self, port: np.ndarray) -> np.ndarray:
+        """Per port (int64; negative: unknown): whether it is a suspicious one."""
+        return self._port_table[np.where((port >= 0) & (port <= 0xFFFF), port + 1, 0)]
+
+    def _flagged(self, picked, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport) -> FlaggedRows | None:
+        """FlaggedRows of the attention ``rows`` (``picked``: their table, row k = rows[k])."""
         cfg = self.config
         n = len(rows)
         none = np.full(n, -1, np.int64)
@@ -429,12 +453,12 @@ class Evaluator:
         lport = lport[rows]
         nodirect = nodirect_net[rows] if nodirect_net is not None else none
         country, inbound, service = country[rows], inbound[rows], service_port[rows]
-        suspicious = np.where(np.isin(service, self._ports), service, -1)
-        relevant = np.isin(country, self._relevant)
+        suspicious = np.where(self._suspicious_port(service), service, -1)
+        relevant = self._relevant_country(country)
         allowed = [None] * n
         check_process = bool(self._allow_names or self._allow_paths)
         if check_process:
-            names, exes = (_text_column(table, name, rows) for name in ("name", "exe"))
+            names, exes = (_text_column(picked, name, None) for name in ("name", "exe"))
             allowed = [self._process_allowlisted(name, exe) for name, exe in zip(names, exes)]
         # Rows with equal reason-relevant values get equal reasons: group them and work
         # out reasons, score, level and message once per group (and per run: the keys
@@ -443,8 +467,8 @@ class Evaluator:
             self._key_codes.clear()  # bound memory on long flow runs (the keys change meaning)
             self._group_outcomes.clear()
         keys = np.stack([
-            *self._signature_keys(rsig, table.column("rip"), rows, rport),
-            *self._signature_keys(lsig, table.column("lip"), rows, lport),
+            *self._signature_keys(rsig, picked.column("rip"), rport),
+            *self._signature_keys(lsig, picked.column("lip"), lport),
             nodirect, suspicious, np.where(relevant, country.view(np.uint16), 0), relevant & inbound,
             [self._key_code(("process", entry)) for entry in allowed] if check_process else np.zeros(n, np.int64),
         ], axis=1).astype(np.int64)
@@ -455,10 +479,10 @@ class Evaluator:
         geoip = np.where(relevant, country, b"")
         outcomes = []
         for key, k, *values in zip(unique.tolist(), first.tolist(), *(column[first].tolist() for column in (
-                rows, rsig, rport, lsig, lport, nodirect, suspicious, geoip, inbound))):
+                rsig, rport, lsig, lport, nodirect, suspicious, geoip, inbound))):
             outcome = self._group_outcomes.get(key)
             if outcome is None:
-                outcome = self._group_outcomes[key] = self._group_outcome(table, *values, allowed[k])
+                outcome = self._group_outcomes[key] = self._group_outcome(picked, k, *values, allowed[k])
             outcomes.append(outcome)
         keep = np.arange(n)
         if not cfg.all_connections:
@@ -466,8 +490,9 @@ class Evaluator:
             keep = np.flatnonzero(informative[group_of])
         if len(keep) == 0:
             return None
-        index = rows[keep]
-        return FlaggedRows(datetime.now(timezone.utc), self.hostname, table.take(pa.array(index)), index,
+        if len(keep) < n:
+            picked = picked.take(pa.array(keep))
+        return FlaggedRows(datetime.now(timezone.utc), self.hostname, picked, rows[keep],
                            group_of[keep], outcomes, lport[keep], rport[keep], country[keep])
 
     def _key_code(self, value: tuple) -> int:
@@ -494,7 +519,7 @@ class Evaluator:
         score, level, message = self._outcome(reasons)
         return score, level, message, tuple(reasons[:self.config.max_reasons or None])
 
-    def _signature_keys(self, sig: np.ndarray, addresses, rows: np.ndarray, ports: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _signature_keys(self, sig: np.ndarray, addresses, ports: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Two grouping key columns for one address side: which signatures match (the
         most specific one when every address it covers has the same matches, else the
         address) and the port when an IP+port signature among them makes it matter."""
@@ -507,7 +532,7 @@ class Evaluator:
         varying = flags & _VARYING != 0
         if varying.any():  # matches vary inside these signatures: one group per address
             at = hit[varying]
-            text = addresses.take(pa.array(rows[at])).to_pylist()
+            text = addresses.take(pa.array(at)).to_pylist()
             key[at] = [-2 - self._key_code(("address", address)) for address in text]
         return key, port_key
 
