@@ -17,6 +17,11 @@ Stable API (connscan.dask and the Spark/Ray recipe build on it):
     ``.findings()`` gives the Finding objects): ``connscan flows`` writes JSON lines from
     them with FindingWriter.write_flow_findings, without a Python object per finding.
 
+``look_up_ends(batch, engine, home_engine) -> FlowEnds`` and ``evaluate_ends(ends, evaluator, file)``
+    ``evaluate_flow_columns`` in two halves: the native, thread-safe one (parse both
+    address columns, look them up, choose local and remote), which ``scan_paths`` runs in
+    its reading thread, and the rules on the rows that need a look.
+
 ``home_engine_for(cidrs=None) -> Engine``: the home-network membership engine
     (default ``DEFAULT_HOME_NETS``: RFC 1918, RFC 6598, loopback, link-local, ULA).
 
@@ -24,8 +29,8 @@ Stable API (connscan.dask and the Spark/Ray recipe build on it):
     count, first_seen and last_seen.
 
 ``scan_paths(paths, evaluator, home_engine, ...) -> FlowRun``: the whole local pipeline
-    (used by ``connscan flows``): reading runs in a thread while the main thread evaluates,
-    so parsing and matching overlap on two cores.
+    (used by ``connscan flows``): reading and the lookups run in a thread while the main
+    thread applies the rules and writes findings, so the two overlap on two cores.
 
 ``add_flow_options(parser)`` and ``run_flows(args, ctx) -> int``: the CLI (cli.py).
 """
@@ -115,38 +120,82 @@ class FlowFindings:
 
 def evaluate_flow_columns(batch, evaluator, home_engine, file: str | None, rejects: list | None = None) -> FlowFindings | None:
     """``evaluate_flow_batch`` in columns: its findings as a FlowFindings (None when none)."""
+    ends = look_up_ends(batch, evaluator.engine, home_engine)
+    if rejects is not None:
+        rejects.extend(ends.rejects)
+    return evaluate_ends(ends, evaluator, file)
+
+
+@dataclass
+class FlowEnds:
+    """A flow batch with both ends parsed, looked up and sorted into local and remote: the
+    native, thread-safe half of the evaluation (``scan_paths`` runs it in the reading
+    thread, overlapping the rest).
+
+    ``batch``: the rows whose addresses parsed; ``rejects``: (row, reason, text) of the
+    others; ``*_parsed``: engine.ParsedAddresses; ``src_home``: the source is in the home
+    networks; ``inbound``: only the destination is (the source is then the remote side);
+    ``remote``: the signature engine's LookupResult of the remote ends; ``local_sig``:
+    the local ends' signature indices; ``lport``/``rport``: int64, -1 unknown.
+    """
+
+    batch: pa.RecordBatch | pa.Table
+    rejects: list
+    src_parsed: object = None
+    dst_parsed: object = None
+    src_home: np.ndarray | None = None
+    inbound: np.ndarray | None = None
+    remote: object = None
+    local_sig: np.ndarray | None = None
+    lport: np.ndarray | None = None
+    rport: np.ndarray | None = None
+
+
+def look_up_ends(batch, engine, home_engine) -> FlowEnds:
+    """Parse both address columns, look them up in ``engine`` and ``home_engine``, and
+    choose the local and remote side of each flow."""
     from connscan.engine import LookupResult, parse_addresses
 
     batch = _as_batch(batch)
+    rejects: list = []
     if batch.num_rows == 0:
-        return None
+        return FlowEnds(batch, rejects)
     src, dst = batch.column("src"), batch.column("dst")
     src_parsed, dst_parsed = parse_addresses(src), parse_addresses(dst)
     src_ok, dst_ok = src_parsed.kind != 0, dst_parsed.kind != 0
     valid = src_ok & dst_ok
     if not valid.all():
-        if rejects is not None:
-            rows = batch.column("row").to_numpy(zero_copy_only=False)
-            for i in np.flatnonzero(~valid):
-                reason = "invalid source address" if not src_ok[i] else "invalid destination address"
-                rejects.append((int(rows[i]), reason, f"src={src[i].as_py()!r} dst={dst[i].as_py()!r}"))
+        rows = batch.column("row").to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(~valid):
+            reason = "invalid source address" if not src_ok[i] else "invalid destination address"
+            rejects.append((int(rows[i]), reason, f"src={src[i].as_py()!r} dst={dst[i].as_py()!r}"))
         batch = batch.filter(pa.array(valid))
         src_parsed = _take_parsed(src_parsed, valid)
         dst_parsed = _take_parsed(dst_parsed, valid)
         if batch.num_rows == 0:
-            return None
+            return FlowEnds(batch, rejects)
     src_home = np.asarray(home_engine.lookup_parsed(src_parsed).signature) >= 0
     dst_home = np.asarray(home_engine.lookup_parsed(dst_parsed).signature) >= 0
     inbound = dst_home & ~src_home  # only then is the destination the local side
-    # Both ends are looked up once; the local/remote view is a choice per row.
-    src_found, dst_found = evaluator.engine.lookup_parsed(src_parsed), evaluator.engine.lookup_parsed(dst_parsed)
-    remote_found = LookupResult(*(np.where(inbound, a, b) for a, b in (
+    src_found, dst_found = engine.lookup_parsed(src_parsed), engine.lookup_parsed(dst_parsed)
+    remote = LookupResult(*(np.where(inbound, a, b) for a, b in (
         (src_found.signature, dst_found.signature), (src_found.country, dst_found.country), (src_found.valid, dst_found.valid))))
-    local_sig = np.where(inbound, dst_found.signature, src_found.signature).astype(np.int64)
     sport, dport = (_port_numbers(batch.column(name)) for name in ("sport", "dport"))
+    return FlowEnds(
+        batch, rejects, src_parsed, dst_parsed, src_home, inbound, remote,
+        np.where(inbound, dst_found.signature, src_found.signature).astype(np.int64),
+        np.where(inbound, dport, sport), np.where(inbound, sport, dport),
+    )
+
+
+def evaluate_ends(ends: FlowEnds, evaluator, file: str | None) -> FlowFindings | None:
+    """The findings of a looked-up batch (``look_up_ends`` with ``evaluator.engine``)."""
+    batch, inbound, src_home = ends.batch, ends.inbound, ends.src_home
+    if batch.num_rows == 0:
+        return None
 
     def lookup(engine, side):  # another engine's view of one side (the direct-Internet rule)
-        first, second = (dst_parsed, src_parsed) if side == "local" else (src_parsed, dst_parsed)
+        first, second = (ends.dst_parsed, ends.src_parsed) if side == "local" else (ends.src_parsed, ends.dst_parsed)
         return engine.lookup_parsed(_choose_parsed(inbound, first, second))
 
     def pick(rows):  # the evaluator's table, built only for the rows that need a look
@@ -165,10 +214,8 @@ def evaluate_flow_columns(batch, evaluator, home_engine, file: str | None, rejec
             "row": taken.column("row"),
         })
 
-    flagged = evaluator.evaluate_sides(
-        remote_found, local_sig, inbound=inbound, outbound=src_home,
-        lport=np.where(inbound, dport, sport), rport=np.where(inbound, sport, dport), lookup=lookup, pick=pick,
-    )
+    flagged = evaluator.evaluate_sides(ends.remote, ends.local_sig, inbound=inbound, outbound=src_home,
+                                       lport=ends.lport, rport=ends.rport, lookup=lookup, pick=pick)
     if flagged is None:
         return None
     # The start converted here, not per value by pyarrow (slow for zoned timestamps).
@@ -265,17 +312,19 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
 _END = object()
 
 
-def _read_ahead(source: FlowSource, depth: int = 2) -> Iterator[pa.RecordBatch]:
-    """The source's batches, read in a helper thread (parsing overlaps evaluation)."""
+def _read_ahead(source: FlowSource, prepare: Callable, depth: int = 2) -> Iterator[tuple]:
+    """(batch, prepare(batch)) for each of the source's batches, read and prepared in a
+    helper thread: parsing and the native lookups overlap the evaluation."""
     pipe: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce():
         try:
             for batch in source.batches():
+                item = (batch, prepare(batch))
                 while not stop.is_set():
                     try:
-                        pipe.put(batch, timeout=0.1)
+                        pipe.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -342,22 +391,19 @@ def scan_paths(
         if progress is not None:
             progress.start_file(account)
         try:
-            for batch in _read_ahead(source):
+            for batch, ends in _read_ahead(source, lambda batch: look_up_ends(batch, evaluator.engine, home_engine)):
                 owner = _batch_owner(batch, name, accounts)
                 if owner != name:  # counted by the reader for this file; belongs to an earlier one
                     account.records_read -= batch.num_rows
                     account.records_scanned -= batch.num_rows
                     accounts[owner].accept(batch.num_rows)
                 owner_account = accounts[owner]
-                invalid: list = []
-                if columnar:
-                    findings = evaluate_flow_columns(batch, evaluator, home_engine, owner, invalid)
-                    if findings is not None:
-                        results[owner].stats.findings.update(findings.flagged.level_counts())
-                else:
-                    findings = evaluate_flow_batch(batch, evaluator, home_engine, owner, invalid)
-                    results[owner].stats.add_findings(findings)
-                for row, reason, text in invalid:
+                findings = evaluate_ends(ends, evaluator, owner)
+                if findings is not None:
+                    results[owner].stats.findings.update(findings.flagged.level_counts())
+                if not columnar:
+                    findings = findings.findings() if findings is not None else []
+                for row, reason, text in ends.rejects:
                     owner_account.unscan(row, reason, text)
                 on_rejects(owner, owner_account.take_rejects())
                 on_findings(findings)
