@@ -498,3 +498,40 @@ def test_isolated_signatures_against_brute_force(v4, v6):
     expected = [not any(j != i and m.version == n.version and m.overlaps(n) for j, m in enumerate(nets))
                 for i, n in enumerate(nets)]
     assert flags.tolist() == expected
+
+
+# --------------------------------------------------------------------------- signature flags
+
+
+def _assert_isolated_flags_match_one_by_one(signatures):
+    evaluator = Evaluator(Engine(signatures, None), RuleConfig(), hostname="h")
+    flags = evaluator._isolated_flags()  # all isolated signatures at once
+    known = np.flatnonzero(flags >= 0)
+    assert len(known) == int(evaluator._isolated.sum()) > 0
+    checked = known if len(known) <= 3000 else np.random.default_rng(7).choice(known, 3000, replace=False)
+    for index in checked.tolist():
+        assert flags[index] == evaluator._signature_flag(index), signatures[index]
+
+
+def test_isolated_signature_flags_equal_the_per_signature_rule(tmp_path):
+    rng = np.random.default_rng(2026)
+    lines = []
+    for _ in range(400):  # random, partly nested and overlapping networks with mixed scores
+        address = ipaddress.IPv4Address(int(rng.integers(0, 2**32)) & 0xFFFF0000 | int(rng.integers(0, 512)))
+        network = ipaddress.ip_network(f"{address}/{int(rng.choice([16, 24, 30, 32]))}", strict=False)
+        lines.append(f"{network};{int(rng.choice([100, 70, 0, -20]))}")
+    ioc = tmp_path / "c2.txt"
+    ioc.write_text("\n".join(lines) + "\n")
+    feodo = tmp_path / "feodo.csv"
+    feodo.write_text("first_seen_utc,dst_ip,dst_port,c2_status,last_online,malware\n"
+                     + "".join(f"2024-01-01 00:00:00,198.51.{i}.7,{443 + i},online,2024-01-02,Emotet\n" for i in range(20)))
+    signatures = SignatureSet.load([ioc, feodo], strict=False)
+    allow = SignatureSet.from_networks(["203.0.113.0/24", "198.51.3.0/24"], kind="allowlist", score=-50)
+    _assert_isolated_flags_match_one_by_one(signatures + allow)
+
+
+def test_isolated_signature_flags_on_real_lists(shared_data):
+    c2 = shared_data / "c2"
+    signatures = SignatureSet.load([c2 / "firehol" / "firehol_level4.netset", c2 / "ipsum" / "ipsum.txt",
+                                    c2 / "abusech-feodo" / "ipblocklist-2024-04-04.csv"], strict=False)
+    _assert_isolated_flags_match_one_by_one(signatures)

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from connscan.errors import ConfigError
 from connscan.findings import Finding, Reason
+from connscan.signatures import KINDS
 
 __all__ = [
     "BUILTIN_SUSPICIOUS_PORTS",
@@ -350,13 +351,29 @@ class Evaluator:
         """_ATTENTION | _VARYING | _BY_PORT of each signature index (>= 0), worked out the
         first time a signature is hit and then looked up with numpy."""
         if self._flags is None:
-            self._flags = np.full(len(self.signatures), -1, np.int8)  # -1: not known yet
+            self._flags = self._isolated_flags()
         flags = self._flags
         for index in np.unique(indices[flags[indices] < 0]).tolist():
-            cover = self._constant_cover(index)
-            flags[index] = (_ATTENTION * self._sig_needs_attention(index) + _VARYING * (cover is None)
-                            + _BY_PORT * (cover is None or any(self._signature_info(i)[1] is not None for i in cover)))
+            flags[index] = self._signature_flag(index)
         return flags[indices]
+
+    def _signature_flag(self, index: int) -> int:
+        cover = self._constant_cover(index)
+        return (_ATTENTION * self._sig_needs_attention(index) + _VARYING * (cover is None)
+                + _BY_PORT * (cover is None or any(self._signature_info(i)[1] is not None for i in cover)))
+
+    def _isolated_flags(self) -> np.ndarray:
+        """Per signature, _signature_flag for those no other signature overlaps (all of
+        them at once: a flow scan hits thousands), -1 (not known yet) for the others."""
+        flags = np.full(len(self.signatures), -1, np.int8)
+        if not hasattr(self.signatures, "rule_columns"):
+            return flags
+        if self._isolated is None:
+            self._isolated = _isolated_signatures(self.signatures)
+        kind, score, port = self.signatures.rule_columns()
+        alone = (_ATTENTION * ((kind == _KIND_C2) & (score > 0)) + _BY_PORT * (port >= 0)).astype(np.int8)
+        flags[self._isolated] = alone[self._isolated]
+        return flags
 
     def _attention(self, sig_index: np.ndarray) -> np.ndarray:
         """Rows whose most specific signature needs a look."""
@@ -655,6 +672,7 @@ class Evaluator:
 # Per-signature flags: a hit needs a look; its matches vary between addresses; an IP+port
 # signature is among its matches (so the port decides).
 _ATTENTION, _VARYING, _BY_PORT = 1, 2, 4
+_KIND_C2 = KINDS.index("c2")
 
 _REQUIRED_COLUMNS = ("lip", "lport", "rip", "rport", "proto", "direction")
 

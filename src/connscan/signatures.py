@@ -603,6 +603,10 @@ class SignatureSet:
                                          prefix[index])
         return texts
 
+    def rule_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kind uint8 index into KINDS, score int8, port int32 -1 for none), index order."""
+        return self._kind, self._score, self._port
+
     def v4_ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(start uint32, end uint32 inclusive, signature index int32), in index order."""
         return self._v4
