@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connscan import _native
+from connscan.engine import _chunk_buffers
 from connscan.findings import LEVELS, Finding
 
 __all__ = ["FindingWriter", "Stats", "escape_value", "finding_to_dict", "format_text_line", "json_lines_of_flow_findings"]
@@ -231,72 +233,28 @@ def _add_fields(out: list, prefixes: tuple, values: tuple) -> None:
 # Columns that, when an evaluated table has them, give findings fields the columnar
 # renderer does not write (process fields of the live scan): those go the object path.
 _OBJECT_ONLY_COLUMNS = ("pid", "name", "command", "user", "status", "file", "start")
-_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'  # what encode_basestring escapes (ensure_ascii=False)
-
-
-def _json_text_fields(prefix: str, column) -> pa.Array:
-    """Per value ``prefix`` + its JSON string, "" for null (left out, as _add_fields does)."""
-    column = _one_chunk(column)
-    pieces = pc.binary_join_element_wise(_lit(prefix + '"'), column, _lit('"'), _EMPTY)
-    needs_escape = pc.fill_null(pc.match_substring_regex(column, _NEEDS_JSON_ESCAPE), _FALSE)
-    if pc.any(needs_escape).as_py():  # rare: quotes, backslashes, control characters
-        escaped = [prefix + encode_basestring(value) for value in pc.filter(column, needs_escape).to_pylist()]
-        pieces = pc.replace_with_mask(pieces, needs_escape, pa.array(escaped, pieces.type))
-    return pc.fill_null(pieces, _EMPTY)
-
-
-def _json_coded_fields(prefix: str, column, default=None) -> pa.Array:
-    """Like _json_text_fields for columns of few distinct values (protocol, direction):
-    each distinct value encoded once; null values (and empty ones when there is a
-    ``default``, as for the direction) are ``default``."""
-    coded = pc.dictionary_encode(_one_chunk(column))
-    values = coded.dictionary.to_pylist()
-    pieces = [_field_text(prefix, value if default is None else value or default) for value in values]
-    return pa.array(pieces + [_field_text(prefix, default)], pa.string()).take(
-        pc.fill_null(coded.indices, pa.scalar(len(pieces), coded.indices.type)))
-
-
-def _json_int_fields(prefix: str, values: np.ndarray) -> pa.Array:
-    """Per value ``prefix`` + the number, "" where the value is unknown (negative)."""
-    numbers = pc.binary_join_element_wise(_lit(prefix), pc.cast(pa.array(values), pa.string()), _EMPTY)
-    return pc.if_else(pa.array(values >= 0), numbers, _EMPTY)
-
-
-def _json_start_fields(start_us: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """``,"start":"<ISO 8601>Z"`` per row (as _iso writes a UTC datetime), "" where unknown."""
-    seconds, micros = np.divmod(start_us, 1_000_000)
-    whole = pc.strftime(pa.array(seconds, pa.timestamp("s")), "%Y-%m-%dT%H:%M:%S")
-    fraction = pc.binary_join_element_wise(_lit("."), pc.utf8_lpad(pc.cast(pa.array(micros), pa.string()), 6, "0"), _EMPTY)
-    text = pc.binary_join_element_wise(_lit(',"start":"'), whole, pc.if_else(pa.array(micros != 0), fraction, _EMPTY),
-                                       _lit('Z"'), _EMPTY)
-    return pc.if_else(pa.array(valid), text, _EMPTY)
 
 
 def _field_text(prefix: str, value) -> str:
     return "" if value is None else prefix + _json(value)
 
 
-def _one_chunk(column):
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-
-
-def _lit(text: str) -> pa.Scalar:
-    # Arrow scalars, not Python str: pyarrow.compute converts a str argument on every call,
-    # ~0.4 ms each (it tries to import dateutil).
-    return pa.scalar(text, pa.string())
-
-
-_EMPTY, _FALSE = _lit(""), pa.scalar(False)
+def _json_text_segment(render, prefix: str, column) -> tuple:
+    """A renderer segment writing ``prefix`` + each value of an Arrow string column as a
+    JSON string (null: left out, as _add_fields does)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return (render.JSON_TEXT, prefix.encode(), *_chunk_buffers(column))
 
 
 class _GroupPieces:
-    """The JSON pieces of each group outcome: from "hostname" to "score", and "reasons";
-    encoded once per run (the evaluator shares one outcome tuple per group)."""
+    """The JSON pieces of each group outcome, UTF-8 encoded: from "hostname" to "score", and
+    "reasons"; encoded once per run (the evaluator shares one outcome tuple per group)."""
 
     def __init__(self):
-        self._known: dict[tuple, tuple[tuple, str, str]] = {}
+        self._known: dict[tuple, tuple[tuple, bytes, bytes]] = {}
 
-    def get(self, hostname: str, outcome: tuple) -> tuple[str, str]:
+    def get(self, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
         key = (hostname, id(outcome))
         known = self._known.get(key)
         if known is None:
@@ -306,42 +264,45 @@ class _GroupPieces:
             out: list[str] = []
             _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
                         (hostname, level, "ProcessConnections", message, score))
+            reasons = ',"reasons":' + _json([r.to_dict() for r in listed])
             # The entry holds the outcome, so its id stays its own while cached.
-            known = self._known[key] = (outcome, "".join(out), ',"reasons":' + _json([r.to_dict() for r in listed]))
+            known = self._known[key] = (outcome, "".join(out).encode(), reasons.encode())
         return known[1], known[2]
 
 
-def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None) -> list[str]:
-    """The JSON lines of a flows.FlowFindings, equal byte for byte to those of its Finding
-    objects, built with vectorised string work over columns: per-group pieces (level,
-    message, score, reasons) encoded once, per-row ones (addresses, ports, row, start)
-    joined by pyarrow."""
+def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None, impl=None) -> str:
+    """The JSON lines of a flows.FlowFindings, each ending in a newline, equal byte for byte
+    to those of its Finding objects: one renderer call (connscan._render_*) over the
+    columns, with the per-group pieces (level, message, score, reasons) encoded once.
+    ``impl``: the renderer module (default: the compiled one when available)."""
+    render = impl or _native.load("render")
     flagged = flow.flagged
     table = flagged.table
     pieces = pieces or _GroupPieces()
-    time_text = '{"time":' + _json(_iso(flagged.time))
     heads, reasons = zip(*(pieces.get(flagged.hostname, outcome) for outcome in flagged.outcomes))
-    group = pa.array(flagged.group)
     codes, code_of = np.unique(flagged.country, return_inverse=True)
-    countries = pa.array([_field_text(',"country":', code.decode("ascii") or None) for code in codes.tolist()], pa.string())
-    lines = pc.binary_join_element_wise(
-        _lit(time_text),
-        pa.array(heads, pa.string()).take(group),
-        _json_coded_fields(',"proto":', table.column("proto")),
-        _json_text_fields(',"lip":', table.column("lip")),
-        _json_int_fields(',"lport":', flagged.lport),
-        _json_text_fields(',"rip":', table.column("rip")),
-        _json_int_fields(',"rport":', flagged.rport),
-        _json_coded_fields(',"direction":', table.column("direction"), "unknown"),
-        countries.take(pa.array(code_of.reshape(-1))),
-        pa.array(reasons, pa.string()).take(group),
-        _lit(_field_text(',"file":', flow.file)),
-        _json_int_fields(',"row":', pc.fill_null(table.column("row"), -1).to_numpy().astype(np.int64)),
-        _json_start_fields(flow.start_us, flow.start_valid),
-        _lit("}"),
-        _EMPTY,
-    )
-    return lines.to_pylist()
+    countries = [_field_text(',"country":', code.decode("ascii") or None).encode() for code in codes.tolist()]
+    # Direction: few distinct values, and "unknown" for null or empty ones.
+    direction = pc.dictionary_encode(table.column("direction")).combine_chunks()
+    directions = [_field_text(',"direction":', value or "unknown").encode() for value in direction.dictionary.to_pylist()]
+    segments = [
+        (render.LITERAL, ('{"time":' + _json(_iso(flagged.time))).encode()),
+        (render.PIECE, heads, flagged.group),
+        _json_text_segment(render, ',"proto":', table.column("proto")),
+        _json_text_segment(render, ',"lip":', table.column("lip")),
+        (render.NUMBER, b',"lport":', flagged.lport),
+        _json_text_segment(render, ',"rip":', table.column("rip")),
+        (render.NUMBER, b',"rport":', flagged.rport),
+        (render.PIECE, directions + [b',"direction":"unknown"'],
+         direction.indices.fill_null(len(directions)).to_numpy()),
+        (render.PIECE, countries, code_of.reshape(-1)),
+        (render.PIECE, reasons, flagged.group),
+        (render.LITERAL, _field_text(',"file":', flow.file).encode()),
+        (render.NUMBER, b',"row":', table.column("row").fill_null(-1).to_numpy()),
+        (render.TIMESTAMP, b',"start":', flow.start_us, flow.start_valid),
+        (render.LITERAL, b"}"),
+    ]
+    return render.render_lines(len(flagged), segments).decode()
 
 
 class FindingWriter:
@@ -383,9 +344,8 @@ class FindingWriter:
         if self.fmt != "jsonl" or any(name in flow.flagged.table.column_names for name in _OBJECT_ONLY_COLUMNS):
             self.write_all(flow.findings())
             return
-        lines = json_lines_of_flow_findings(flow, self._group_pieces)
-        if self._emit("\n".join(lines) + "\n"):  # one write per batch
-            self.written += len(lines)
+        if self._emit(json_lines_of_flow_findings(flow, self._group_pieces)):  # one write per batch
+            self.written += len(flow)
 
     def flush(self) -> None:
         if not self.reader_gone:
