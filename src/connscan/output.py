@@ -150,7 +150,12 @@ def _json(value) -> str:
         return int.__repr__(value)
     if kind is float and value - value == 0:  # finite (json writes NaN/Infinity otherwise)
         return float.__repr__(value)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT_JSON.encode(value)
+
+
+# What json.dumps(value, ensure_ascii=False, separators=(",", ":")) uses, made once (dumps
+# builds a new encoder on every call with these arguments).
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 # The JSON Lines fields after "time", in finding_to_dict's order, in three runs: fields
