@@ -2,53 +2,62 @@
 """Row-template renderer: the compiled twin of connscan._render_py, whose docstring
 describes the segments.
 
-Two passes per call, each segment's sizing without the GIL: first the exact size of the
-output (every offset, length and piece index is checked on the way, so the second pass
-reads and writes only what was checked), then the lines, row by row, into one bytes
-object of that size.
+Two passes per call, each without the GIL: first the exact size of the output, segment
+by segment (every offset, piece index and THOR_TEXT character is checked on the way, so
+the second pass reads only what was checked), then the lines, row by row, into one bytes
+object of that size. The escapers count when given no output buffer and write otherwise,
+so the two passes cannot disagree.
 """
 import numpy as np
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
 # The segment kinds are defined once, in the pure-Python twin.
-from connscan._render_py import JSON_TEXT, LITERAL, NUMBER, PIECE, TIMESTAMP
+from connscan._render_py import JSON_TEXT, LITERAL, NUMBER, PIECE, THOR_TEXT, TIMESTAMP
 
 cdef extern from "Python.h":
     const Py_ssize_t PY_SSIZE_T_MAX
+    bint Py_UNICODE_ISPRINTABLE(Py_UCS4 ch) nogil  # str.isprintable of one character
 
 cdef enum Kind:
     K_LITERAL
     K_PIECE
     K_JSON_TEXT
+    K_THOR_TEXT
     K_NUMBER
     K_TIMESTAMP
 
-_KINDS = {LITERAL: K_LITERAL, PIECE: K_PIECE, JSON_TEXT: K_JSON_TEXT, NUMBER: K_NUMBER, TIMESTAMP: K_TIMESTAMP}
+_KINDS = {LITERAL: K_LITERAL, PIECE: K_PIECE, JSON_TEXT: K_JSON_TEXT, THOR_TEXT: K_THOR_TEXT, NUMBER: K_NUMBER,
+          TIMESTAMP: K_TIMESTAMP}
 
 cdef enum:
     FITS = -1        # _measure: every row checked, total updated
     TOO_LARGE = -2   # _measure: the output would not fit in a Py_ssize_t
+    BAD_TEXT = -1    # _thor_escape: the value is not UTF-8
 
 cdef struct Segment:
     Kind kind
     const char* text           # LITERAL text, or the prefix of a value
     Py_ssize_t text_len
+    const char* suffix         # TIMESTAMP: written after the time
+    Py_ssize_t suffix_len
+    const char* missing        # NUMBER, THOR_TEXT: written after the prefix for an unknown
+    Py_ssize_t missing_len     # value; NULL: the segment is left out
     const char** pieces        # PIECE: the pieces and their lengths
     Py_ssize_t* piece_len
     Py_ssize_t n_pieces
     const int64_t* values      # PIECE index, NUMBER values, TIMESTAMP microseconds
     const uint8_t* valid       # TIMESTAMP: 1 where the time is known
-    const int32_t* offsets32   # JSON_TEXT: n + 1 offsets, one of the two set
+    const int32_t* offsets32   # *_TEXT: n + 1 offsets, one of the two set
     const int64_t* offsets64
-    const uint8_t* data        # JSON_TEXT: string bytes
+    const uint8_t* data        # *_TEXT: string bytes
     Py_ssize_t data_len
-    const uint8_t* validity    # JSON_TEXT: Arrow validity bitmap, NULL when all are valid
+    const uint8_t* validity    # *_TEXT: Arrow validity bitmap, NULL when all are valid
     Py_ssize_t bit_offset
-    bint escapes               # JSON_TEXT: some value needs escaping (found by _measure)
+    bint escapes               # *_TEXT: some value needs escaping (found by _measure)
 
 cdef struct Moment:
     int64_t year
@@ -111,12 +120,12 @@ cdef int _prepare(Segment* s, Py_ssize_t k, Py_ssize_t n, segment, list keep) ex
     if kind not in _KINDS:
         raise ValueError(f"segment {k}: unknown kind {kind!r}")
     s.kind = _KINDS[kind]
-    text = bytes(segment[1]) if s.kind != K_PIECE else b""
-    keep.append(text)
-    s.text = PyBytes_AS_STRING(text)
-    s.text_len = PyBytes_GET_SIZE(text)
-    if s.kind == K_PIECE:
-        pieces = [bytes(piece) for piece in segment[1]]
+    if s.kind == K_LITERAL:
+        _, text = segment
+        s.text = _bytes(text, &s.text_len, keep)
+    elif s.kind == K_PIECE:
+        _, pieces, index = segment
+        pieces = [bytes(piece) for piece in pieces]
         keep.append(pieces)
         s.n_pieces = len(pieces)
         s.pieces = <const char**>calloc(max(s.n_pieces, 1), sizeof(char*))
@@ -126,16 +135,26 @@ cdef int _prepare(Segment* s, Py_ssize_t k, Py_ssize_t n, segment, list keep) ex
         for j in range(s.n_pieces):
             s.pieces[j] = PyBytes_AS_STRING(pieces[j])
             s.piece_len[j] = PyBytes_GET_SIZE(pieces[j])
-        s.values = _int64_pointer(_values(k, n, segment[2]), keep)
+        s.values = _int64_pointer(_values(k, n, index), keep)
     elif s.kind == K_NUMBER:
-        s.values = _int64_pointer(_values(k, n, segment[2]), keep)
+        _, prefix, values, missing = segment
+        s.text = _bytes(prefix, &s.text_len, keep)
+        s.values = _int64_pointer(_values(k, n, values), keep)
+        if missing is not None:
+            s.missing = _bytes(missing, &s.missing_len, keep)
     elif s.kind == K_TIMESTAMP:
-        s.values = _int64_pointer(_values(k, n, segment[2]), keep)
-        valid = np.ascontiguousarray(_values(k, n, segment[3]) != 0).view(np.uint8)
+        _, prefix, suffix, micros, valid = segment
+        s.text = _bytes(prefix, &s.text_len, keep)
+        s.suffix = _bytes(suffix, &s.suffix_len, keep)
+        s.values = _int64_pointer(_values(k, n, micros), keep)
+        valid = np.ascontiguousarray(_values(k, n, valid) != 0).view(np.uint8)
         keep.append(valid)
         s.valid = _byte_pointer(valid)
-    elif s.kind == K_JSON_TEXT:
-        _, _, offsets, data, validity, bit_offset = segment
+    else:
+        _, prefix, offsets, data, validity, bit_offset = segment
+        s.text = _bytes(prefix, &s.text_len, keep)
+        if s.kind == K_THOR_TEXT:
+            s.missing = _bytes(b"-", &s.missing_len, keep)  # as output.escape_value(None)
         _prepare_text(s, k, n, offsets, data, validity, bit_offset, keep)
     return 0
 
@@ -174,6 +193,13 @@ cdef _values(Py_ssize_t k, Py_ssize_t n, values):
     return np.ascontiguousarray(values, np.int64)
 
 
+cdef const char* _bytes(value, Py_ssize_t* size, list keep) except NULL:
+    value = bytes(value)
+    keep.append(value)
+    size[0] = PyBytes_GET_SIZE(value)
+    return PyBytes_AS_STRING(value)
+
+
 cdef const int64_t* _int64_pointer(values, list keep) except? NULL:
     cdef const int64_t[::1] view = values
     keep.append(values)  # the array, not the view, keeps the memory
@@ -186,10 +212,14 @@ cdef const uint8_t* _byte_pointer(values) except? NULL:
 
 
 cdef _row_error(const Segment* s, Py_ssize_t k, Py_ssize_t i):
+    """The ValueError of the row _measure found invalid."""
     if s.kind == K_PIECE:
         return ValueError(f"segment {k}, row {i}: piece {s.values[i]} outside 0..{s.n_pieces - 1}")
-    return ValueError(f"segment {k}, row {i}: string offsets {_offset(s, i)}..{_offset(s, i + 1)} "
-                      f"outside the data buffer ({s.data_len} bytes)")
+    cdef int64_t start = _offset(s, i), end = _offset(s, i + 1)
+    if start < 0 or end < start or end > s.data_len:
+        return ValueError(f"segment {k}, row {i}: string offsets {start}..{end} outside the data buffer "
+                          f"({s.data_len} bytes)")
+    return ValueError(f"segment {k}, row {i}: invalid UTF-8")
 
 
 cdef inline int64_t _offset(const Segment* s, Py_ssize_t i) noexcept nogil:
@@ -210,9 +240,10 @@ cdef inline bint _add(Py_ssize_t* total, Py_ssize_t size) noexcept nogil:
 
 cdef Py_ssize_t _measure(Segment* s, Py_ssize_t n, Py_ssize_t* total) noexcept nogil:
     """Add the bytes of segment ``s`` on all n rows to ``total``: FITS, TOO_LARGE, or the
-    first row whose offsets or piece index are invalid."""
-    cdef Py_ssize_t i, size
-    cdef int64_t start, end, j, index
+    first row whose offsets, piece index or text are invalid."""
+    cdef Py_ssize_t i, size, length
+    cdef int64_t start, end, index
+    cdef Py_ssize_t missing = s.text_len + s.missing_len if s.missing != NULL else 0
     for i in range(n):
         if s.kind == K_LITERAL:
             size = s.text_len
@@ -222,21 +253,27 @@ cdef Py_ssize_t _measure(Segment* s, Py_ssize_t n, Py_ssize_t* total) noexcept n
                 return i
             size = s.piece_len[index]
         elif s.kind == K_NUMBER:
-            size = s.text_len + _digits(<uint64_t>s.values[i]) if s.values[i] >= 0 else 0
+            size = s.text_len + _digits(<uint64_t>s.values[i]) if s.values[i] >= 0 else missing
         elif s.kind == K_TIMESTAMP:
-            size = s.text_len + _iso_width(_moment(s.values[i])) if s.valid[i] else 0
+            size = s.text_len + _iso_width(_moment(s.values[i])) + s.suffix_len if s.valid[i] else 0
         else:
             start = _offset(s, i)
             end = _offset(s, i + 1)
             if start < 0 or end < start or end > s.data_len:
                 return i  # every row's offsets are checked, null or not
-            size = 0
-            if not _is_null(s, i):
-                size = end - start
-                for j in range(start, end):
-                    size += ESCAPED_LEN[s.data[j]] - 1
-                s.escapes = s.escapes or size != end - start
-                if not _add(&size, s.text_len + 2):
+            if _is_null(s, i):
+                size = missing
+            else:
+                if s.kind == K_JSON_TEXT:
+                    length = _json_escape(s.data + start, end - start, NULL)
+                    size = 2  # the quotes
+                else:
+                    length = _thor_escape(s.data + start, end - start, NULL)
+                    if length == BAD_TEXT:
+                        return i
+                    size = 0
+                s.escapes = s.escapes or length != end - start  # escaping only ever lengthens
+                if not (_add(&size, length) and _add(&size, s.text_len)):
                     return TOO_LARGE
         if not _add(total, size):
             return TOO_LARGE
@@ -246,33 +283,40 @@ cdef Py_ssize_t _measure(Segment* s, Py_ssize_t n, Py_ssize_t* total) noexcept n
 cdef char* _write(const Segment* s, Py_ssize_t i, char* out) noexcept nogil:
     """Write segment ``s`` of row ``i`` at ``out`` (sized by _measure); return the end."""
     cdef int64_t start, end, index
+    cdef bint json
     if s.kind == K_LITERAL:
         return _copy(out, s.text, s.text_len)
     if s.kind == K_PIECE:
         index = s.values[i]
         return _copy(out, s.pieces[index], s.piece_len[index])
-    if s.kind == K_NUMBER:
-        if s.values[i] < 0:
-            return out
-        out = _copy(out, s.text, s.text_len)
-        return _write_digits(out, <uint64_t>s.values[i], _digits(<uint64_t>s.values[i]))
     if s.kind == K_TIMESTAMP:
         if not s.valid[i]:
             return out
-        return _write_iso(_copy(out, s.text, s.text_len), _moment(s.values[i]))
-    if _is_null(s, i):
-        return out
+        out = _write_iso(_copy(out, s.text, s.text_len), _moment(s.values[i]))
+        return _copy(out, s.suffix, s.suffix_len)
+    if (s.kind == K_NUMBER and s.values[i] < 0) or (s.kind != K_NUMBER and _is_null(s, i)):
+        if s.missing == NULL:
+            return out
+        return _copy(_copy(out, s.text, s.text_len), s.missing, s.missing_len)
+    out = _copy(out, s.text, s.text_len)
+    if s.kind == K_NUMBER:
+        return _write_digits(out, <uint64_t>s.values[i], _digits(<uint64_t>s.values[i]))
     start = _offset(s, i)
     end = _offset(s, i + 1)
-    out = _copy(out, s.text, s.text_len)
-    out[0] = b'"'
-    out += 1
-    if s.escapes:
-        out = _write_escaped(out, s.data + start, end - start)
-    else:
+    json = s.kind == K_JSON_TEXT
+    if json:
+        out[0] = b'"'
+        out += 1
+    if not s.escapes:
         out = _copy(out, <const char*>s.data + start, end - start)
-    out[0] = b'"'
-    return out + 1
+    elif json:
+        out += _json_escape(s.data + start, end - start, out)
+    else:
+        out += _thor_escape(s.data + start, end - start, out)
+    if json:
+        out[0] = b'"'
+        out += 1
+    return out
 
 
 cdef inline char* _copy(char* out, const char* text, Py_ssize_t size) noexcept nogil:
@@ -281,27 +325,93 @@ cdef inline char* _copy(char* out, const char* text, Py_ssize_t size) noexcept n
     return out + size
 
 
-cdef char* _write_escaped(char* out, const uint8_t* text, Py_ssize_t size) noexcept nogil:
-    cdef Py_ssize_t j
+cdef Py_ssize_t _json_escape(const uint8_t* text, Py_ssize_t size, char* out) noexcept nogil:
+    """Length of ``text`` escaped as in a JSON string (quotes not included); written at
+    ``out`` unless it is NULL."""
+    cdef Py_ssize_t j, length = 0
     cdef uint8_t c
     for j in range(size):
         c = text[j]
         if ESCAPED_LEN[c] == 1:
-            out[0] = <char>c
-            out += 1
+            if out != NULL:
+                out[length] = <char>c
+            length += 1
         elif ESCAPED_LEN[c] == 2:
-            out[0] = b"\\"
-            out[1] = SHORT_ESCAPE[c]
-            out += 2
+            if out != NULL:
+                out[length] = b"\\"
+                out[length + 1] = SHORT_ESCAPE[c]
+            length += 2
         else:
-            out[0] = b"\\"
-            out[1] = b"u"
-            out[2] = b"0"
-            out[3] = b"0"
-            out[4] = HEX_DIGITS[c >> 4]
-            out[5] = HEX_DIGITS[c & 15]
-            out += 6
-    return out
+            length += _code_escape(out, length, b"u", c, 4)
+    return length
+
+
+cdef Py_ssize_t _thor_escape(const uint8_t* text, Py_ssize_t size, char* out) noexcept nogil:
+    """Length of UTF-8 ``text`` escaped as output.escape_value escapes it, or BAD_TEXT when it
+    is not UTF-8; written at ``out`` unless it is NULL."""
+    cdef Py_ssize_t j = 0, length = 0
+    cdef int k
+    cdef Py_UCS4 ch
+    while j < size:
+        k = _utf8_char(text + j, size - j, &ch)
+        if k == 0:
+            return BAD_TEXT
+        if ch == 58 and (j + 1 == size or text[j + 1] == 32):  # ":" ending the value or before a space
+            length += _code_escape(out, length, b"x", ch, 2)
+        elif (0x20 <= ch < 0x7F) or (ch >= 0x80 and Py_UNICODE_ISPRINTABLE(ch)):
+            if out != NULL:
+                memcpy(out + length, text + j, k)
+            length += k
+        elif ch < 0x100:
+            length += _code_escape(out, length, b"x", ch, 2)
+        elif ch < 0x10000:
+            length += _code_escape(out, length, b"u", ch, 4)
+        else:
+            length += _code_escape(out, length, b"U", ch, 8)
+        j += k
+    return length
+
+
+cdef inline Py_ssize_t _code_escape(char* out, Py_ssize_t at, char letter, uint32_t code, int digits) noexcept nogil:
+    """Backslash, ``letter``, ``code`` in ``digits`` lowercase hex digits: written at
+    out + at unless out is NULL; returns its length."""
+    cdef int d
+    if out != NULL:
+        out[at] = b"\\"
+        out[at + 1] = letter
+        for d in range(digits):
+            out[at + 2 + d] = HEX_DIGITS[(code >> (4 * (digits - 1 - d))) & 15]
+    return 2 + digits
+
+
+cdef inline int _utf8_char(const uint8_t* p, Py_ssize_t left, Py_UCS4* ch) noexcept nogil:
+    """Byte length of the UTF-8 character at ``p`` (``left`` bytes remain), its code point
+    in ``ch``; 0 when malformed as Python's strict decoder sees it (overlong, surrogate,
+    above U+10FFFF, truncated)."""
+    cdef uint8_t b0 = p[0]
+    if b0 < 0x80:
+        ch[0] = b0
+        return 1
+    if b0 < 0xC2 or b0 > 0xF4:
+        return 0
+    if b0 < 0xE0:
+        if left < 2 or (p[1] & 0xC0) != 0x80:
+            return 0
+        ch[0] = ((b0 & 0x1F) << 6) | (p[1] & 0x3F)
+        return 2
+    if b0 < 0xF0:
+        if left < 3 or (p[1] & 0xC0) != 0x80 or (p[2] & 0xC0) != 0x80:
+            return 0
+        if (b0 == 0xE0 and p[1] < 0xA0) or (b0 == 0xED and p[1] > 0x9F):
+            return 0
+        ch[0] = ((b0 & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F)
+        return 3
+    if left < 4 or (p[1] & 0xC0) != 0x80 or (p[2] & 0xC0) != 0x80 or (p[3] & 0xC0) != 0x80:
+        return 0
+    if (b0 == 0xF0 and p[1] < 0x90) or (b0 == 0xF4 and p[1] > 0x8F):
+        return 0
+    ch[0] = ((b0 & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F)
+    return 4
 
 
 cdef inline int _digits(uint64_t value) noexcept nogil:
@@ -356,13 +466,11 @@ cdef inline Py_ssize_t _year_width(int64_t year) noexcept nogil:
 
 
 cdef inline Py_ssize_t _iso_width(Moment m) noexcept nogil:
-    # '"' year "-MM-DDTHH:MM:SS" [".ffffff"] 'Z"'
-    return 1 + _year_width(m.year) + 15 + (7 if m.fraction else 0) + 2
+    # year "-MM-DDTHH:MM:SS" [".ffffff"] "Z"
+    return _year_width(m.year) + 15 + (7 if m.fraction else 0) + 1
 
 
 cdef char* _write_iso(char* out, Moment m) noexcept nogil:
-    out[0] = b'"'
-    out += 1
     if m.year < 0:
         out[0] = b"-"
         out += 1
@@ -381,5 +489,4 @@ cdef char* _write_iso(char* out, Moment m) noexcept nogil:
         out[0] = b"."
         out = _write_digits(out + 1, <uint64_t>m.fraction, 6)
     out[0] = b"Z"
-    out[1] = b'"'
-    return out + 2
+    return out + 1

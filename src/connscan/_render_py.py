@@ -12,15 +12,21 @@ segments followed by ``\\n``. A segment is a tuple, by kind:
                                           None, entry i at bit bit_offset + i): prefix +
                                           the value as a JSON string (escaped as by
                                           json.dumps(ensure_ascii=False)); null: nothing
-    (NUMBER, prefix, values)              prefix + decimal; negative: nothing
-    (TIMESTAMP, prefix, micros, valid)    microseconds since 1970 (UTC): prefix +
-                                          "YYYY-MM-DDTHH:MM:SS[.ffffff]Z" in quotes, as
+    (THOR_TEXT, prefix, offsets, data, validity, bit_offset)
+                                          the same column: prefix + the value escaped as
+                                          output.escape_value escapes it; null: prefix + "-"
+    (NUMBER, prefix, values, missing)     prefix + decimal; a negative value: prefix +
+                                          missing, or nothing when missing is None
+    (TIMESTAMP, prefix, suffix, micros, valid)
+                                          microseconds since 1970 (UTC): prefix +
+                                          "YYYY-MM-DDTHH:MM:SS[.ffffff]Z" + suffix, as
                                           output._iso writes a UTC datetime (fraction only
                                           when non-zero); not valid: nothing
 
 Years outside datetime's 1..9999 keep the proleptic Gregorian calendar: at least four
 digits, "-" before a negative (astronomical) year. Every length, offset and piece index is
-checked before use: a mismatch is a ValueError naming the segment and row.
+checked before use, and THOR_TEXT values must be UTF-8: a ValueError names the segment and
+row otherwise.
 """
 from __future__ import annotations
 
@@ -28,7 +34,9 @@ import re
 
 import numpy as np
 
-LITERAL, PIECE, JSON_TEXT, NUMBER, TIMESTAMP = range(5)
+from connscan.output import escape_value
+
+LITERAL, PIECE, JSON_TEXT, THOR_TEXT, NUMBER, TIMESTAMP = range(6)
 
 # What json.dumps(..., ensure_ascii=False) escapes, all ASCII: byte-wise escaping of UTF-8
 # text is therefore the same as escaping its characters.
@@ -50,22 +58,27 @@ def _column(k: int, n: int, segment: tuple) -> list[bytes]:
     """Segment ``k``'s bytes on each of the n rows."""
     kind = segment[0]
     if kind == LITERAL:
-        return [bytes(segment[1])] * n
+        _, text = segment
+        return [bytes(text)] * n
     if kind == PIECE:
-        pieces, index = [bytes(piece) for piece in segment[1]], _values(k, n, segment[2])
+        _, pieces, index = segment
+        pieces, index = [bytes(piece) for piece in pieces], _values(k, n, index)
         bad = np.flatnonzero((index < 0) | (index >= len(pieces)))
         if len(bad):
             raise ValueError(f"segment {k}, row {bad[0]}: piece {index[bad[0]]} outside 0..{len(pieces) - 1}")
         return [pieces[i] for i in index.tolist()]
-    if kind == JSON_TEXT:
+    if kind in (JSON_TEXT, THOR_TEXT):
         _, prefix, offsets, data, validity, bit_offset = segment
-        return _json_texts(k, n, prefix, offsets, data, validity, bit_offset)
+        return _texts(k, n, kind == JSON_TEXT, bytes(prefix), offsets, data, validity, bit_offset)
     if kind == NUMBER:
-        prefix, values = bytes(segment[1]), _values(k, n, segment[2])
-        return [prefix + b"%d" % value if value >= 0 else b"" for value in values.tolist()]
+        _, prefix, values, missing = segment
+        prefix, values = bytes(prefix), _values(k, n, values)
+        missing = b"" if missing is None else prefix + bytes(missing)
+        return [prefix + b"%d" % value if value >= 0 else missing for value in values.tolist()]
     if kind == TIMESTAMP:
-        prefix, micros, valid = bytes(segment[1]), _values(k, n, segment[2]), _values(k, n, segment[3])
-        return [prefix + _iso_utc(us) if ok else b"" for us, ok in zip(micros.tolist(), valid.tolist())]
+        _, prefix, suffix, micros, valid = segment
+        prefix, suffix, micros, valid = bytes(prefix), bytes(suffix), _values(k, n, micros), _values(k, n, valid)
+        return [prefix + _iso_utc(us) + suffix if ok else b"" for us, ok in zip(micros.tolist(), valid.tolist())]
     raise ValueError(f"segment {k}: unknown kind {kind!r}")
 
 
@@ -76,8 +89,8 @@ def _values(k: int, n: int, values) -> np.ndarray:
     return values.astype(np.int64, copy=False)
 
 
-def _json_texts(k: int, n: int, prefix, offsets, data, validity, bit_offset: int) -> list[bytes]:
-    prefix, offsets, data = bytes(prefix) + b'"', np.asarray(offsets), np.frombuffer(data, np.uint8)
+def _texts(k: int, n: int, as_json: bool, prefix: bytes, offsets, data, validity, bit_offset: int) -> list[bytes]:
+    offsets, data = np.asarray(offsets), np.frombuffer(data, np.uint8)
     if offsets.shape != (n + 1,):
         raise ValueError(f"segment {k}: string offsets of shape {offsets.shape} for {n} rows")
     offsets = offsets.astype(np.int64).tolist()
@@ -86,17 +99,22 @@ def _json_texts(k: int, n: int, prefix, offsets, data, validity, bit_offset: int
         bits = np.frombuffer(validity, np.uint8).tobytes()
         if bit_offset < 0 or (bit_offset + n + 7) // 8 > len(bits):
             raise ValueError(f"segment {k}: validity bitmap too short for {n} rows at bit {bit_offset}")
-    for i in range(n):
+    out = []
+    for i in range(n):  # every row's offsets are checked, null or not
         start, end = offsets[i], offsets[i + 1]
         if start < 0 or end < start or end > len(data):
             raise ValueError(f"segment {k}, row {i}: string offsets {start}..{end} outside the data buffer ({len(data)} bytes)")
-    out = []
-    for i in range(n):
         bit = bit_offset + i
         if bits is not None and not bits[bit >> 3] >> (bit & 7) & 1:
-            out.append(b"")  # null: left out
+            out.append(b"" if as_json else prefix + b"-")  # null
+        elif as_json:
+            out.append(prefix + b'"' + _NEEDS_ESCAPE.sub(_escape, data[start:end].tobytes()) + b'"')
         else:
-            out.append(prefix + _NEEDS_ESCAPE.sub(_escape, data[offsets[i]:offsets[i + 1]].tobytes()) + b'"')
+            try:
+                text = data[start:end].tobytes().decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"segment {k}, row {i}: invalid UTF-8") from None
+            out.append(prefix + escape_value(text).encode())
     return out
 
 
@@ -108,9 +126,9 @@ def _iso_utc(micros: int) -> bytes:
     seconds, fraction = divmod(micros, 1_000_000)
     days, second = divmod(seconds, 86_400)
     year, month, day = _civil_from_days(days)
-    text = b'"%s%04d-%02d-%02dT%02d:%02d:%02d' % (b"-" if year < 0 else b"", abs(year), month, day,
-                                                   second // 3600, second // 60 % 60, second % 60)
-    return text + (b".%06dZ\"" % fraction if fraction else b'Z"')
+    text = b"%s%04d-%02d-%02dT%02d:%02d:%02d" % (b"-" if year < 0 else b"", abs(year), month, day,
+                                                 second // 3600, second // 60 % 60, second % 60)
+    return text + (b".%06dZ" % fraction if fraction else b"Z")
 
 
 def _civil_from_days(days: int) -> tuple[int, int, int]:

@@ -33,7 +33,8 @@ from connscan import _native
 from connscan.engine import _chunk_buffers
 from connscan.findings import LEVELS, Finding
 
-__all__ = ["FindingWriter", "Stats", "escape_value", "finding_to_dict", "format_text_line", "json_lines_of_flow_findings"]
+__all__ = ["FindingWriter", "Stats", "escape_value", "finding_to_dict", "format_text_line", "json_lines_of_flow_findings",
+           "text_lines_of_flow_findings"]
 
 FORMATS = ("text", "jsonl")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -92,8 +93,13 @@ def text_fields(finding: Finding) -> list[tuple[str, object]]:
                        ("LAST_SEEN", _iso(finding.last_seen)), ("COUNTRY", finding.country)):
         if value is not None:
             pairs.append((key, value))
-    pairs.append(("SCORE", _score_text(finding.score)))
-    for n, reason in enumerate(finding.reasons, 1):
+    return pairs + _score_fields(finding.score, finding.reasons)
+
+
+def _score_fields(score: float, reasons) -> list[tuple[str, object]]:
+    """The last (KEY, value) pairs of a text line: SCORE, then the numbered reasons."""
+    pairs: list[tuple[str, object]] = [("SCORE", _score_text(score))]
+    for n, reason in enumerate(reasons, 1):
         pairs += [(f"REASON_{n}", reason.text()), (f"SUBSCORE_{n}", _score_text(reason.score))]
         if reason.kind in ("c2", "allowlist") and reason.signature is not None:
             pairs += [(f"SIGNATURE_{n}", reason.signature), (f"DESC_{n}", reason.description or "")]
@@ -105,7 +111,11 @@ def format_text_line(finding: Finding, tag: str = "connscan", hostname: str | No
     """One THOR-style line (no newline). host_ip None: the connection's local address."""
     head = (f"{_thor_time(finding.time)} {escape_value(hostname or finding.hostname)}/"
             f"{escape_value(host_ip or finding.lip)} {escape_value(tag)}: {finding.level}:")
-    return head + "".join(f" {key}: {escape_value(value)}" for key, value in text_fields(finding))
+    return head + _text_pairs(text_fields(finding))
+
+
+def _text_pairs(pairs) -> str:
+    return "".join(f" {key}: {escape_value(value)}" for key, value in pairs)
 
 
 def finding_to_dict(finding: Finding) -> dict:
@@ -244,34 +254,45 @@ def _field_text(prefix: str, value) -> str:
     return "" if value is None else prefix + _json(value)
 
 
-def _json_text_segment(render, prefix: str, column) -> tuple:
-    """A renderer segment writing ``prefix`` + each value of an Arrow string column as a
-    JSON string (null: left out, as _add_fields does)."""
+def _text_segment(kind, prefix: str, column) -> tuple:
+    """A renderer segment of ``kind`` (JSON_TEXT, THOR_TEXT) over an Arrow string column."""
     if isinstance(column, pa.ChunkedArray):
         column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-    return (render.JSON_TEXT, prefix.encode(), *_chunk_buffers(column))
+    return (kind, prefix.encode(), *_chunk_buffers(column))
+
+
+def _country_segment(render, country: np.ndarray, field) -> tuple:
+    """Per row ``field(code)`` of its country code (S2), "" where unknown (b"")."""
+    codes, code_of = np.unique(country, return_inverse=True)
+    pieces = [field(code.decode("ascii")).encode() if code else b"" for code in codes.tolist()]
+    return (render.PIECE, pieces, code_of.reshape(-1))
 
 
 class _GroupPieces:
-    """The JSON pieces of each group outcome, UTF-8 encoded: from "hostname" to "score", and
-    "reasons"; encoded once per run (the evaluator shares one outcome tuple per group)."""
+    """The pieces of each group outcome (the evaluator shares one outcome tuple per group),
+    UTF-8, made once per run: in JSON Lines ("jsonl") the fields from "hostname" to "score"
+    and "reasons"; in text lines the level to MESSAGE and SCORE to the last reason."""
 
     def __init__(self):
         self._known: dict[tuple, tuple[tuple, bytes, bytes]] = {}
 
-    def get(self, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
-        key = (hostname, id(outcome))
+    def get(self, fmt: str, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
+        key = (fmt, hostname, id(outcome))
         known = self._known.get(key)
         if known is None:
             if len(self._known) > 20_000:
                 self._known.clear()  # bound memory on long runs
             score, level, message, listed = outcome
-            out: list[str] = []
-            _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
-                        (hostname, level, "ProcessConnections", message, score))
-            reasons = ',"reasons":' + _json([r.to_dict() for r in listed])
+            if fmt == "jsonl":
+                out: list[str] = []
+                _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
+                            (hostname, level, "ProcessConnections", message, score))
+                head, tail = "".join(out), ',"reasons":' + _json([r.to_dict() for r in listed])
+            else:
+                head = f"{level}:" + _text_pairs((("MODULE", "ProcessConnections"), ("MESSAGE", message)))
+                tail = _text_pairs(_score_fields(score, listed))
             # The entry holds the outcome, so its id stays its own while cached.
-            known = self._known[key] = (outcome, "".join(out).encode(), reasons.encode())
+            known = self._known[key] = (outcome, head.encode(), tail.encode())
         return known[1], known[2]
 
 
@@ -284,28 +305,61 @@ def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None, impl=N
     flagged = flow.flagged
     table = flagged.table
     pieces = pieces or _GroupPieces()
-    heads, reasons = zip(*(pieces.get(flagged.hostname, outcome) for outcome in flagged.outcomes))
-    codes, code_of = np.unique(flagged.country, return_inverse=True)
-    countries = [_field_text(',"country":', code.decode("ascii") or None).encode() for code in codes.tolist()]
+    heads, reasons = zip(*(pieces.get("jsonl", flagged.hostname, outcome) for outcome in flagged.outcomes))
     # Direction: few distinct values, and "unknown" for null or empty ones.
     direction = pc.dictionary_encode(table.column("direction")).combine_chunks()
     directions = [_field_text(',"direction":', value or "unknown").encode() for value in direction.dictionary.to_pylist()]
     segments = [
         (render.LITERAL, ('{"time":' + _json(_iso(flagged.time))).encode()),
         (render.PIECE, heads, flagged.group),
-        _json_text_segment(render, ',"proto":', table.column("proto")),
-        _json_text_segment(render, ',"lip":', table.column("lip")),
-        (render.NUMBER, b',"lport":', flagged.lport),
-        _json_text_segment(render, ',"rip":', table.column("rip")),
-        (render.NUMBER, b',"rport":', flagged.rport),
+        _text_segment(render.JSON_TEXT, ',"proto":', table.column("proto")),
+        _text_segment(render.JSON_TEXT, ',"lip":', table.column("lip")),
+        (render.NUMBER, b',"lport":', flagged.lport, None),
+        _text_segment(render.JSON_TEXT, ',"rip":', table.column("rip")),
+        (render.NUMBER, b',"rport":', flagged.rport, None),
         (render.PIECE, directions + [b',"direction":"unknown"'],
          direction.indices.fill_null(len(directions)).to_numpy()),
-        (render.PIECE, countries, code_of.reshape(-1)),
+        _country_segment(render, flagged.country, lambda code: ',"country":' + _json(code)),
         (render.PIECE, reasons, flagged.group),
         (render.LITERAL, _field_text(',"file":', flow.file).encode()),
-        (render.NUMBER, b',"row":', table.column("row").fill_null(-1).to_numpy()),
-        (render.TIMESTAMP, b',"start":', flow.start_us, flow.start_valid),
+        (render.NUMBER, b',"row":', table.column("row").fill_null(-1).to_numpy(), None),
+        (render.TIMESTAMP, b',"start":"', b'"', flow.start_us, flow.start_valid),
         (render.LITERAL, b"}"),
+    ]
+    return render.render_lines(len(flagged), segments).decode()
+
+
+def text_lines_of_flow_findings(flow, tag: str = "connscan", hostname: str | None = None, host_ip: str | None = None,
+                                pieces: _GroupPieces | None = None, impl=None) -> str:
+    """The THOR text lines of a flows.FlowFindings (as format_text_line writes its Finding
+    objects, each ending in a newline), in one renderer call like json_lines_of_flow_findings."""
+    render = impl or _native.load("render")
+    flagged = flow.flagged
+    table = flagged.table
+    pieces = pieces or _GroupPieces()
+    heads, tails = zip(*(pieces.get("text", flagged.hostname, outcome) for outcome in flagged.outcomes))
+    lip = table.column("lip")
+    line_start = f"{_thor_time(flagged.time)} {escape_value(hostname or flagged.hostname)}/"
+    tag_text = f" {escape_value(tag)}: "
+    if host_ip:
+        host = [(render.LITERAL, (line_start + escape_value(host_ip) + tag_text).encode())]
+    else:  # the connection's local address
+        host = [(render.LITERAL, line_start.encode()), _text_segment(render.THOR_TEXT, "", lip),
+                (render.LITERAL, tag_text.encode())]
+    segments = [
+        *host,
+        (render.PIECE, heads, flagged.group),
+        # Process fields belong to the live scan; a flow finding without a file has them unknown.
+        (render.LITERAL, b"" if flow.file is not None else _text_pairs((("PID", None), ("NAME", None), ("COMMAND", None))).encode()),
+        _text_segment(render.THOR_TEXT, " LIP: ", lip),
+        (render.NUMBER, b" LPORT: ", flagged.lport, b"-"),
+        _text_segment(render.THOR_TEXT, " RIP: ", table.column("rip")),
+        (render.NUMBER, b" RPORT: ", flagged.rport, b"-"),
+        (render.LITERAL, b"" if flow.file is None else _text_pairs((("FILE", flow.file),)).encode()),
+        (render.NUMBER, b" ROW: ", table.column("row").fill_null(-1).to_numpy(), None),
+        (render.TIMESTAMP, b" START: ", b"", flow.start_us, flow.start_valid),  # ISO times need no escaping
+        _country_segment(render, flagged.country, lambda code: _text_pairs((("COUNTRY", code),))),
+        (render.PIECE, tails, flagged.group),
     ]
     return render.render_lines(len(flagged), segments).decode()
 
@@ -342,14 +396,18 @@ class FindingWriter:
             self.written += len(lines)
 
     def write_flow_findings(self, flow) -> None:
-        """Write a flows.FlowFindings (None: nothing): JSON lines rendered from its columns,
-        text lines and tables with process fields through Finding objects."""
+        """Write a flows.FlowFindings (None: nothing): lines rendered from its columns, or
+        through Finding objects for tables with process fields."""
         if flow is None or len(flow) == 0:
             return
-        if self.fmt != "jsonl" or any(name in flow.flagged.table.column_names for name in _OBJECT_ONLY_COLUMNS):
+        if any(name in flow.flagged.table.column_names for name in _OBJECT_ONLY_COLUMNS):
             self.write_all(flow.findings())
             return
-        if self._emit(json_lines_of_flow_findings(flow, self._group_pieces)):  # one write per batch
+        if self.fmt == "jsonl":
+            text = json_lines_of_flow_findings(flow, self._group_pieces)
+        else:
+            text = text_lines_of_flow_findings(flow, self.tag, self.hostname, self.host_ip, self._group_pieces)
+        if self._emit(text):  # one write per batch
             self.written += len(flow)
 
     def flush(self) -> None:
