@@ -53,8 +53,9 @@ cdef struct Segment:
     const uint8_t* valid       # TIMESTAMP: 1 where the time is known
     const int32_t* offsets32   # *_TEXT: n + 1 offsets, one of the two set
     const int64_t* offsets64
-    const uint8_t* data        # *_TEXT: string bytes
-    Py_ssize_t data_len
+    const uint8_t* data        # *_TEXT: string bytes from offset data_lo on
+    int64_t data_lo
+    Py_ssize_t data_len        # *_TEXT: size of the whole data buffer
     const uint8_t* validity    # *_TEXT: Arrow validity bitmap, NULL when all are valid
     Py_ssize_t bit_offset
     bint escapes               # *_TEXT: some value needs escaping (found by _measure)
@@ -114,7 +115,10 @@ def render_lines(Py_ssize_t n, segments):
 
 
 cdef int _prepare(Segment* s, Py_ssize_t k, Py_ssize_t n, segment, list keep) except -1:
-    """Fill ``s`` from the tuple ``segment``; shapes checked here, values by _measure."""
+    """Fill ``s`` from the tuple ``segment``; shapes checked here, values by _measure.
+
+    Arrays are copied (bytes are immutable): _write trusts what _measure checked, so
+    nothing may change in between (another thread, without the GIL)."""
     cdef Py_ssize_t j
     kind = segment[0]
     if kind not in _KINDS:
@@ -147,7 +151,7 @@ cdef int _prepare(Segment* s, Py_ssize_t k, Py_ssize_t n, segment, list keep) ex
         s.text = _bytes(prefix, &s.text_len, keep)
         s.suffix = _bytes(suffix, &s.suffix_len, keep)
         s.values = _int64_pointer(_values(k, n, micros), keep)
-        valid = np.ascontiguousarray(_values(k, n, valid) != 0).view(np.uint8)
+        valid = (_values(k, n, valid) != 0).view(np.uint8)
         keep.append(valid)
         s.valid = _byte_pointer(valid)
     else:
@@ -166,23 +170,28 @@ cdef int _prepare_text(Segment* s, Py_ssize_t k, Py_ssize_t n, offsets, data, va
         raise ValueError(f"segment {k}: string offsets of shape {offsets.shape} for {n} rows")
     cdef const int32_t[::1] narrow
     if offsets.dtype == np.int32:
-        offsets = np.ascontiguousarray(offsets)
+        offsets = np.array(offsets)
         narrow = offsets
         s.offsets32 = &narrow[0]
     else:
-        s.offsets64 = _int64_pointer(np.ascontiguousarray(offsets, np.int64), keep)
+        offsets = np.array(offsets, np.int64)
+        s.offsets64 = _int64_pointer(offsets, keep)
     keep.append(offsets)
     data = np.frombuffer(data, np.uint8)
-    keep.append(data)
-    s.data = _byte_pointer(data)
     s.data_len = len(data)
+    # Only the bytes the offsets can reach (window [data_lo, hi)), copied.
+    s.data_lo = min(max(int(offsets.min()), 0), s.data_len)
+    window = np.array(data[s.data_lo:min(max(int(offsets.max()), s.data_lo), s.data_len)])
+    keep.append(window)
+    s.data = _byte_pointer(window)
     if validity is not None:
         validity = np.frombuffer(validity, np.uint8)
-        keep.append(validity)
         if bit_offset < 0 or (bit_offset + n + 7) // 8 > len(validity):
             raise ValueError(f"segment {k}: validity bitmap too short for {n} rows at bit {bit_offset}")
+        validity = np.array(validity[bit_offset // 8:(bit_offset + n + 7) // 8])
+        keep.append(validity)
         s.validity = _byte_pointer(validity)
-        s.bit_offset = bit_offset
+        s.bit_offset = bit_offset % 8
     return 0
 
 
@@ -190,7 +199,7 @@ cdef _values(Py_ssize_t k, Py_ssize_t n, values):
     values = np.asarray(values)
     if values.shape != (n,):
         raise ValueError(f"segment {k}: values of shape {values.shape} for {n} rows")
-    return np.ascontiguousarray(values, np.int64)
+    return np.array(values, np.int64)  # a copy, as all that _measure checks (see _prepare)
 
 
 cdef const char* _bytes(value, Py_ssize_t* size, list keep) except NULL:
@@ -265,10 +274,10 @@ cdef Py_ssize_t _measure(Segment* s, Py_ssize_t n, Py_ssize_t* total) noexcept n
                 size = missing
             else:
                 if s.kind == K_JSON_TEXT:
-                    length = _json_escape(s.data + start, end - start, NULL)
+                    length = _json_escape(s.data + (start - s.data_lo), end - start, NULL)
                     size = 2  # the quotes
                 else:
-                    length = _thor_escape(s.data + start, end - start, NULL)
+                    length = _thor_escape(s.data + (start - s.data_lo), end - start, NULL)
                     if length == BAD_TEXT:
                         return i
                     size = 0
@@ -301,8 +310,8 @@ cdef char* _write(const Segment* s, Py_ssize_t i, char* out) noexcept nogil:
     out = _copy(out, s.text, s.text_len)
     if s.kind == K_NUMBER:
         return _write_digits(out, <uint64_t>s.values[i], _digits(<uint64_t>s.values[i]))
-    start = _offset(s, i)
-    end = _offset(s, i + 1)
+    start = _offset(s, i) - s.data_lo
+    end = _offset(s, i + 1) - s.data_lo
     json = s.kind == K_JSON_TEXT
     if json:
         out[0] = b'"'

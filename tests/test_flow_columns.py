@@ -2,7 +2,8 @@
 
 - The JSON lines rendered from a FlowFindings' columns == json.dumps(finding_to_dict(f))
   for each of its Finding objects, byte for byte, on random batches (escaping, IPv6,
-  missing ports and start times, fractional seconds, pre-1970 times).
+  missing ports and start times, fractional seconds, pre-1970 times); its text lines ==
+  format_text_line(f), with both renderers.
 - Those Finding objects == the ones evaluate_flow_batch gives (the object path).
 - scan_paths + FindingWriter: the columnar path's output file == the object path's.
 """
@@ -19,11 +20,12 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connscan import _native
 from connscan.engine import Engine
 from connscan.flows import evaluate_flow_batch, evaluate_flow_columns, home_engine_for, scan_paths
 from connscan.geoip import GeoTable
-from connscan import _native
-from connscan.output import FindingWriter, finding_to_dict, format_text_line, json_lines_of_flow_findings, text_lines_of_flow_findings
+from connscan.output import (FindingWriter, finding_to_dict, format_text_line, json_lines_of_flow_findings,
+                             text_lines_of_flow_findings)
 from connscan.rules import Evaluator, RuleConfig
 from connscan.signatures import SignatureSet
 from connscan.sources import BATCH_SCHEMA, ReaderOptions

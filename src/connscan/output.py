@@ -14,6 +14,7 @@ only ``": "`` in a line are the ones after field names.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -349,8 +350,7 @@ def text_lines_of_flow_findings(flow, tag: str = "connscan", hostname: str | Non
     segments = [
         *host,
         (render.PIECE, heads, flagged.group),
-        # Process fields belong to the live scan; a flow finding without a file has them unknown.
-        (render.LITERAL, b"" if flow.file is not None else _text_pairs((("PID", None), ("NAME", None), ("COMMAND", None))).encode()),
+        (render.LITERAL, b" PID: - NAME: - COMMAND: -" if flow.file is None else b""),  # as text_fields: unknown
         _text_segment(render.THOR_TEXT, " LIP: ", lip),
         (render.NUMBER, b" LPORT: ", flagged.lport, b"-"),
         _text_segment(render.THOR_TEXT, " RIP: ", table.column("rip")),
@@ -362,6 +362,9 @@ def text_lines_of_flow_findings(flow, tag: str = "connscan", hostname: str | Non
         (render.PIECE, tails, flagged.group),
     ]
     return render.render_lines(len(flagged), segments).decode()
+
+
+_WRITE_PIECE = io.DEFAULT_BUFFER_SIZE // 4  # characters per stream write, at most a buffer in UTF-8 (see _emit)
 
 
 class FindingWriter:
@@ -420,7 +423,11 @@ class FindingWriter:
         if self.reader_gone:
             return False
         try:
-            self.stream.write(text)
+            # In pieces no larger than a stream buffer: a larger write that the reader leaves
+            # half-done comes back short with no error (CPython's BufferedWriter), and
+            # TextIOWrapper ignores the count; a buffered piece raises BrokenPipeError.
+            for start in range(0, len(text), _WRITE_PIECE):
+                self.stream.write(text[start:start + _WRITE_PIECE])
             if not text:
                 self.stream.flush()
             return True
