@@ -23,8 +23,8 @@ from connscan import _native
 from connscan.engine import Engine, _chunk_buffers
 from connscan.flows import evaluate_flow_columns, home_engine_for
 from connscan.geoip import GeoTable
-from connscan.output import _iso, escape_value, finding_to_dict, format_text_line, json_lines_of_flow_findings, \
-    text_lines_of_flow_findings
+from connscan.output import (_iso, escape_value, finding_to_dict, format_text_line, json_lines_of_flow_findings,
+                             text_lines_of_flow_findings)
 from connscan.rules import Evaluator, RuleConfig
 from connscan.signatures import SignatureSet
 from connscan.sources import ReaderOptions, open_source
