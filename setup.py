@@ -10,7 +10,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-MODULES = ["_engine_c", "_mmdb_c", "_proc_c", "_flowparse_c"]
+MODULES = ["_engine_c", "_mmdb_c", "_proc_c", "_flowparse_c", "_render_c"]
 
 
 def _flag(name):

@@ -2,7 +2,8 @@
 
 - The JSON lines rendered from a FlowFindings' columns == json.dumps(finding_to_dict(f))
   for each of its Finding objects, byte for byte, on random batches (escaping, IPv6,
-  missing ports and start times, fractional seconds, pre-1970 times).
+  missing ports and start times, fractional seconds, pre-1970 times); its text lines ==
+  format_text_line(f), with both renderers.
 - Those Finding objects == the ones evaluate_flow_batch gives (the object path).
 - scan_paths + FindingWriter: the columnar path's output file == the object path's.
 """
@@ -19,10 +20,12 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connscan import _native
 from connscan.engine import Engine
 from connscan.flows import evaluate_flow_batch, evaluate_flow_columns, home_engine_for, scan_paths
 from connscan.geoip import GeoTable
-from connscan.output import FindingWriter, _json_text_fields, finding_to_dict, json_lines_of_flow_findings
+from connscan.output import (FindingWriter, finding_to_dict, format_text_line, json_lines_of_flow_findings,
+                             text_lines_of_flow_findings)
 from connscan.rules import Evaluator, RuleConfig
 from connscan.signatures import SignatureSet
 from connscan.sources import BATCH_SCHEMA, ReaderOptions
@@ -30,10 +33,12 @@ from connscan.sources import BATCH_SCHEMA, ReaderOptions
 C2 = ["45.9.148.0/24", "185.220.101.7", "2a0e:fe40::/32", "91.92.240.12"]
 GEO = GeoTable.from_ranges(v4=[("128.0.0.0/1", "KP"), ("1.0.0.0/8", "DE")], v6=[("2a0e::/16", "RU")])
 ADDRESSES = ["10.1.2.3", "192.168.7.9", "fd00::17", "fe80::1", "45.9.148.33", "185.220.101.7", "2a0e:fe40::beef",
-             "91.92.240.12", "1.2.3.4", "200.1.1.1", "8.8.8.8", "2001:db8::5", "::ffff:45.9.148.1", "not-an-ip"]
+             "91.92.240.12", "1.2.3.4", "200.1.1.1", "8.8.8.8", "2001:db8::5", "::ffff:45.9.148.1", "not-an-ip",
+             # the text escapes: a trailing ":", and a zone with ": ", control, format and non-ASCII characters
+             "2a0e:fe40::", "fe80::1%a: \u200b\xa0é\n\x7f:"]
 # Text JSON must escape (quotes, backslashes, control characters) and must not (non-ASCII, U+2028).
 _TEXT = st.text(alphabet=st.sampled_from(['a', 'Z', '0', ' ', ':', '"', '\\', '\n', '\t', '\x00', '\x1f',
-                                          '\x7f', 'é', '\u2028', '😀', '/']), max_size=10)
+                                          '\x7f', 'é', '\u2028', '😀', '/', '\xa0', '\u200b', '\U000e0001']), max_size=10)
 _MICROS = st.integers(-3_000_000_000_000_000, 4_000_000_000_000_000)  # about 1875..2096
 
 
@@ -62,8 +67,9 @@ def flow_batches(draw):
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=flow_batches(), file=st.none() | _TEXT, all_connections=st.booleans())
-def test_columnar_lines_equal_object_lines(batch, file, all_connections):
+@given(batch=flow_batches(), file=st.none() | _TEXT, all_connections=st.booleans(), tag=_TEXT,
+       hostname=st.none() | _TEXT, host_ip=st.none() | st.sampled_from(["", "10.0.0.9", "a: b:"]))
+def test_columnar_lines_equal_object_lines(batch, file, all_connections, tag, hostname, host_ip):
     evaluator = _evaluator(all_connections=all_connections)
     home = home_engine_for()
     flow = evaluate_flow_columns(batch, evaluator, home, file)
@@ -74,22 +80,21 @@ def test_columnar_lines_equal_object_lines(batch, file, all_connections):
     findings = flow.findings()
     # The object path's findings, apart from the evaluation time (now() per call).
     assert [replace(f, time=None) for f in findings] == [replace(f, time=None) for f in objects]
-    assert json_lines_of_flow_findings(flow) == [_json_line(f) for f in findings]
-    columnar, plain = io.StringIO(), io.StringIO()
-    FindingWriter(columnar, "jsonl").write_flow_findings(flow)
-    FindingWriter(plain, "jsonl").write_all(findings)
-    assert columnar.getvalue() == plain.getvalue()
+    expected = "".join(_json_line(f) + "\n" for f in findings)
+    for impl in _native.implementations("render"):  # both renderers
+        assert json_lines_of_flow_findings(flow, impl=_native.load("render", impl)) == expected
+    expected = "".join(format_text_line(f, tag, hostname, host_ip) + "\n" for f in findings)
+    for impl in _native.implementations("render"):
+        assert text_lines_of_flow_findings(flow, tag, hostname, host_ip, impl=_native.load("render", impl)) == expected
+    for fmt in ("jsonl", "text"):
+        columnar, plain = io.StringIO(), io.StringIO()
+        FindingWriter(columnar, fmt, tag, hostname, host_ip).write_flow_findings(flow)
+        FindingWriter(plain, fmt, tag, hostname, host_ip).write_all(findings)
+        assert columnar.getvalue() == plain.getvalue()
     assert flow.flagged.level_counts() == {level: sum(f.level == level for f in findings) for level in {f.level for f in findings}}
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.none() | _TEXT, min_size=1, max_size=20))
-def test_text_fields_escape_like_json_dumps(values):
-    expected = ["" if value is None else ',"lip":' + json.dumps(value, ensure_ascii=False) for value in values]
-    assert _json_text_fields(',"lip":', pa.chunked_array([pa.array(values, pa.string())])).to_pylist() == expected
-
-
-def test_text_output_goes_through_the_object_path():
+def test_text_output_of_a_flow():
     batch = pa.record_batch([pa.array(["10.0.0.1"]), pa.array(["45.9.148.2"]), pa.array([5000], pa.int32()),
                              pa.array([443], pa.int32()), pa.array(["tcp"]),
                              pa.array([datetime(2026, 1, 2, tzinfo=timezone.utc)], pa.timestamp("us", tz="UTC")),

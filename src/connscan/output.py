@@ -14,6 +14,7 @@ only ``": "`` in a line are the ones after field names.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -29,9 +30,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connscan import _native
+from connscan.engine import _chunk_buffers
 from connscan.findings import LEVELS, Finding
 
-__all__ = ["FindingWriter", "Stats", "escape_value", "finding_to_dict", "format_text_line", "json_lines_of_flow_findings"]
+__all__ = ["FindingWriter", "Stats", "escape_value", "finding_to_dict", "format_text_line", "json_lines_of_flow_findings",
+           "text_lines_of_flow_findings"]
 
 FORMATS = ("text", "jsonl")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -90,8 +94,13 @@ def text_fields(finding: Finding) -> list[tuple[str, object]]:
                        ("LAST_SEEN", _iso(finding.last_seen)), ("COUNTRY", finding.country)):
         if value is not None:
             pairs.append((key, value))
-    pairs.append(("SCORE", _score_text(finding.score)))
-    for n, reason in enumerate(finding.reasons, 1):
+    return pairs + _score_fields(finding.score, finding.reasons)
+
+
+def _score_fields(score: float, reasons) -> list[tuple[str, object]]:
+    """The last (KEY, value) pairs of a text line: SCORE, then the numbered reasons."""
+    pairs: list[tuple[str, object]] = [("SCORE", _score_text(score))]
+    for n, reason in enumerate(reasons, 1):
         pairs += [(f"REASON_{n}", reason.text()), (f"SUBSCORE_{n}", _score_text(reason.score))]
         if reason.kind in ("c2", "allowlist") and reason.signature is not None:
             pairs += [(f"SIGNATURE_{n}", reason.signature), (f"DESC_{n}", reason.description or "")]
@@ -103,7 +112,11 @@ def format_text_line(finding: Finding, tag: str = "connscan", hostname: str | No
     """One THOR-style line (no newline). host_ip None: the connection's local address."""
     head = (f"{_thor_time(finding.time)} {escape_value(hostname or finding.hostname)}/"
             f"{escape_value(host_ip or finding.lip)} {escape_value(tag)}: {finding.level}:")
-    return head + "".join(f" {key}: {escape_value(value)}" for key, value in text_fields(finding))
+    return head + _text_pairs(text_fields(finding))
+
+
+def _text_pairs(pairs) -> str:
+    return "".join(f" {key}: {escape_value(value)}" for key, value in pairs)
 
 
 def finding_to_dict(finding: Finding) -> dict:
@@ -148,7 +161,12 @@ def _json(value) -> str:
         return int.__repr__(value)
     if kind is float and value - value == 0:  # finite (json writes NaN/Infinity otherwise)
         return float.__repr__(value)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT_JSON.encode(value)
+
+
+# What json.dumps(value, ensure_ascii=False, separators=(",", ":")) uses, made once (dumps
+# builds a new encoder on every call with these arguments).
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 # The JSON Lines fields after "time", in finding_to_dict's order, in three runs: fields
@@ -231,117 +249,122 @@ def _add_fields(out: list, prefixes: tuple, values: tuple) -> None:
 # Columns that, when an evaluated table has them, give findings fields the columnar
 # renderer does not write (process fields of the live scan): those go the object path.
 _OBJECT_ONLY_COLUMNS = ("pid", "name", "command", "user", "status", "file", "start")
-_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'  # what encode_basestring escapes (ensure_ascii=False)
-
-
-def _json_text_fields(prefix: str, column) -> pa.Array:
-    """Per value ``prefix`` + its JSON string, "" for null (left out, as _add_fields does)."""
-    column = _one_chunk(column)
-    pieces = pc.binary_join_element_wise(_lit(prefix + '"'), column, _lit('"'), _EMPTY)
-    needs_escape = pc.fill_null(pc.match_substring_regex(column, _NEEDS_JSON_ESCAPE), _FALSE)
-    if pc.any(needs_escape).as_py():  # rare: quotes, backslashes, control characters
-        escaped = [prefix + encode_basestring(value) for value in pc.filter(column, needs_escape).to_pylist()]
-        pieces = pc.replace_with_mask(pieces, needs_escape, pa.array(escaped, pieces.type))
-    return pc.fill_null(pieces, _EMPTY)
-
-
-def _json_coded_fields(prefix: str, column, default=None) -> pa.Array:
-    """Like _json_text_fields for columns of few distinct values (protocol, direction):
-    each distinct value encoded once; null values (and empty ones when there is a
-    ``default``, as for the direction) are ``default``."""
-    coded = pc.dictionary_encode(_one_chunk(column))
-    values = coded.dictionary.to_pylist()
-    pieces = [_field_text(prefix, value if default is None else value or default) for value in values]
-    return pa.array(pieces + [_field_text(prefix, default)], pa.string()).take(
-        pc.fill_null(coded.indices, pa.scalar(len(pieces), coded.indices.type)))
-
-
-def _json_int_fields(prefix: str, values: np.ndarray) -> pa.Array:
-    """Per value ``prefix`` + the number, "" where the value is unknown (negative)."""
-    numbers = pc.binary_join_element_wise(_lit(prefix), pc.cast(pa.array(values), pa.string()), _EMPTY)
-    return pc.if_else(pa.array(values >= 0), numbers, _EMPTY)
-
-
-def _json_start_fields(start_us: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """``,"start":"<ISO 8601>Z"`` per row (as _iso writes a UTC datetime), "" where unknown."""
-    seconds, micros = np.divmod(start_us, 1_000_000)
-    whole = pc.strftime(pa.array(seconds, pa.timestamp("s")), "%Y-%m-%dT%H:%M:%S")
-    fraction = pc.binary_join_element_wise(_lit("."), pc.utf8_lpad(pc.cast(pa.array(micros), pa.string()), 6, "0"), _EMPTY)
-    text = pc.binary_join_element_wise(_lit(',"start":"'), whole, pc.if_else(pa.array(micros != 0), fraction, _EMPTY),
-                                       _lit('Z"'), _EMPTY)
-    return pc.if_else(pa.array(valid), text, _EMPTY)
 
 
 def _field_text(prefix: str, value) -> str:
     return "" if value is None else prefix + _json(value)
 
 
-def _one_chunk(column):
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+def _text_segment(kind, prefix: str, column) -> tuple:
+    """A renderer segment of ``kind`` (JSON_TEXT, THOR_TEXT) over an Arrow string column."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return (kind, prefix.encode(), *_chunk_buffers(column))
 
 
-def _lit(text: str) -> pa.Scalar:
-    # Arrow scalars, not Python str: pyarrow.compute converts a str argument on every call,
-    # ~0.4 ms each (it tries to import dateutil).
-    return pa.scalar(text, pa.string())
-
-
-_EMPTY, _FALSE = _lit(""), pa.scalar(False)
+def _country_segment(render, country: np.ndarray, field) -> tuple:
+    """Per row ``field(code)`` of its country code (S2), "" where unknown (b"")."""
+    codes, code_of = np.unique(country, return_inverse=True)
+    pieces = [field(code.decode("ascii")).encode() if code else b"" for code in codes.tolist()]
+    return (render.PIECE, pieces, code_of.reshape(-1))
 
 
 class _GroupPieces:
-    """The JSON pieces of each group outcome: from "hostname" to "score", and "reasons";
-    encoded once per run (the evaluator shares one outcome tuple per group)."""
+    """The pieces of each group outcome (the evaluator shares one outcome tuple per group),
+    UTF-8, made once per run: in JSON Lines ("jsonl") the fields from "hostname" to "score"
+    and "reasons"; in text lines the level to MESSAGE and SCORE to the last reason."""
 
     def __init__(self):
-        self._known: dict[tuple, tuple[tuple, str, str]] = {}
+        self._known: dict[tuple, tuple[tuple, bytes, bytes]] = {}
 
-    def get(self, hostname: str, outcome: tuple) -> tuple[str, str]:
-        key = (hostname, id(outcome))
+    def get(self, fmt: str, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
+        key = (fmt, hostname, id(outcome))
         known = self._known.get(key)
         if known is None:
             if len(self._known) > 20_000:
                 self._known.clear()  # bound memory on long runs
             score, level, message, listed = outcome
-            out: list[str] = []
-            _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
-                        (hostname, level, "ProcessConnections", message, score))
+            if fmt == "jsonl":
+                out: list[str] = []
+                _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
+                            (hostname, level, "ProcessConnections", message, score))
+                head, tail = "".join(out), ',"reasons":' + _json([r.to_dict() for r in listed])
+            else:
+                head = f"{level}:" + _text_pairs((("MODULE", "ProcessConnections"), ("MESSAGE", message)))
+                tail = _text_pairs(_score_fields(score, listed))
             # The entry holds the outcome, so its id stays its own while cached.
-            known = self._known[key] = (outcome, "".join(out), ',"reasons":' + _json([r.to_dict() for r in listed]))
+            known = self._known[key] = (outcome, head.encode(), tail.encode())
         return known[1], known[2]
 
 
-def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None) -> list[str]:
-    """The JSON lines of a flows.FlowFindings, equal byte for byte to those of its Finding
-    objects, built with vectorised string work over columns: per-group pieces (level,
-    message, score, reasons) encoded once, per-row ones (addresses, ports, row, start)
-    joined by pyarrow."""
+def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None, impl=None) -> str:
+    """The JSON lines of a flows.FlowFindings, each ending in a newline, equal byte for byte
+    to those of its Finding objects: one renderer call (connscan._render_*) over the
+    columns, with the per-group pieces (level, message, score, reasons) encoded once.
+    ``impl``: the renderer module (default: the compiled one when available)."""
+    render = impl or _native.load("render")
     flagged = flow.flagged
     table = flagged.table
     pieces = pieces or _GroupPieces()
-    time_text = '{"time":' + _json(_iso(flagged.time))
-    heads, reasons = zip(*(pieces.get(flagged.hostname, outcome) for outcome in flagged.outcomes))
-    group = pa.array(flagged.group)
-    codes, code_of = np.unique(flagged.country, return_inverse=True)
-    countries = pa.array([_field_text(',"country":', code.decode("ascii") or None) for code in codes.tolist()], pa.string())
-    lines = pc.binary_join_element_wise(
-        _lit(time_text),
-        pa.array(heads, pa.string()).take(group),
-        _json_coded_fields(',"proto":', table.column("proto")),
-        _json_text_fields(',"lip":', table.column("lip")),
-        _json_int_fields(',"lport":', flagged.lport),
-        _json_text_fields(',"rip":', table.column("rip")),
-        _json_int_fields(',"rport":', flagged.rport),
-        _json_coded_fields(',"direction":', table.column("direction"), "unknown"),
-        countries.take(pa.array(code_of.reshape(-1))),
-        pa.array(reasons, pa.string()).take(group),
-        _lit(_field_text(',"file":', flow.file)),
-        _json_int_fields(',"row":', pc.fill_null(table.column("row"), -1).to_numpy().astype(np.int64)),
-        _json_start_fields(flow.start_us, flow.start_valid),
-        _lit("}"),
-        _EMPTY,
-    )
-    return lines.to_pylist()
+    heads, reasons = zip(*(pieces.get("jsonl", flagged.hostname, outcome) for outcome in flagged.outcomes))
+    # Direction: few distinct values, and "unknown" for null or empty ones.
+    direction = pc.dictionary_encode(table.column("direction")).combine_chunks()
+    directions = [_field_text(',"direction":', value or "unknown").encode() for value in direction.dictionary.to_pylist()]
+    segments = [
+        (render.LITERAL, ('{"time":' + _json(_iso(flagged.time))).encode()),
+        (render.PIECE, heads, flagged.group),
+        _text_segment(render.JSON_TEXT, ',"proto":', table.column("proto")),
+        _text_segment(render.JSON_TEXT, ',"lip":', table.column("lip")),
+        (render.NUMBER, b',"lport":', flagged.lport, None),
+        _text_segment(render.JSON_TEXT, ',"rip":', table.column("rip")),
+        (render.NUMBER, b',"rport":', flagged.rport, None),
+        (render.PIECE, directions + [b',"direction":"unknown"'],
+         direction.indices.fill_null(len(directions)).to_numpy()),
+        _country_segment(render, flagged.country, lambda code: ',"country":' + _json(code)),
+        (render.PIECE, reasons, flagged.group),
+        (render.LITERAL, _field_text(',"file":', flow.file).encode()),
+        (render.NUMBER, b',"row":', table.column("row").fill_null(-1).to_numpy(), None),
+        (render.TIMESTAMP, b',"start":"', b'"', flow.start_us, flow.start_valid),
+        (render.LITERAL, b"}"),
+    ]
+    return render.render_lines(len(flagged), segments).decode()
+
+
+def text_lines_of_flow_findings(flow, tag: str = "connscan", hostname: str | None = None, host_ip: str | None = None,
+                                pieces: _GroupPieces | None = None, impl=None) -> str:
+    """The THOR text lines of a flows.FlowFindings (as format_text_line writes its Finding
+    objects, each ending in a newline), in one renderer call like json_lines_of_flow_findings."""
+    render = impl or _native.load("render")
+    flagged = flow.flagged
+    table = flagged.table
+    pieces = pieces or _GroupPieces()
+    heads, tails = zip(*(pieces.get("text", flagged.hostname, outcome) for outcome in flagged.outcomes))
+    lip = table.column("lip")
+    line_start = f"{_thor_time(flagged.time)} {escape_value(hostname or flagged.hostname)}/"
+    tag_text = f" {escape_value(tag)}: "
+    if host_ip:
+        host = [(render.LITERAL, (line_start + escape_value(host_ip) + tag_text).encode())]
+    else:  # the connection's local address
+        host = [(render.LITERAL, line_start.encode()), _text_segment(render.THOR_TEXT, "", lip),
+                (render.LITERAL, tag_text.encode())]
+    segments = [
+        *host,
+        (render.PIECE, heads, flagged.group),
+        (render.LITERAL, b" PID: - NAME: - COMMAND: -" if flow.file is None else b""),  # as text_fields: unknown
+        _text_segment(render.THOR_TEXT, " LIP: ", lip),
+        (render.NUMBER, b" LPORT: ", flagged.lport, b"-"),
+        _text_segment(render.THOR_TEXT, " RIP: ", table.column("rip")),
+        (render.NUMBER, b" RPORT: ", flagged.rport, b"-"),
+        (render.LITERAL, b"" if flow.file is None else _text_pairs((("FILE", flow.file),)).encode()),
+        (render.NUMBER, b" ROW: ", table.column("row").fill_null(-1).to_numpy(), None),
+        (render.TIMESTAMP, b" START: ", b"", flow.start_us, flow.start_valid),  # ISO times need no escaping
+        _country_segment(render, flagged.country, lambda code: _text_pairs((("COUNTRY", code),))),
+        (render.PIECE, tails, flagged.group),
+    ]
+    return render.render_lines(len(flagged), segments).decode()
+
+
+_WRITE_PIECE = io.DEFAULT_BUFFER_SIZE // 4  # characters per stream write, at most a buffer in UTF-8 (see _emit)
 
 
 class FindingWriter:
@@ -376,16 +399,19 @@ class FindingWriter:
             self.written += len(lines)
 
     def write_flow_findings(self, flow) -> None:
-        """Write a flows.FlowFindings (None: nothing): JSON lines rendered from its columns,
-        text lines and tables with process fields through Finding objects."""
+        """Write a flows.FlowFindings (None: nothing): lines rendered from its columns, or
+        through Finding objects for tables with process fields."""
         if flow is None or len(flow) == 0:
             return
-        if self.fmt != "jsonl" or any(name in flow.flagged.table.column_names for name in _OBJECT_ONLY_COLUMNS):
+        if any(name in flow.flagged.table.column_names for name in _OBJECT_ONLY_COLUMNS):
             self.write_all(flow.findings())
             return
-        lines = json_lines_of_flow_findings(flow, self._group_pieces)
-        if self._emit("\n".join(lines) + "\n"):  # one write per batch
-            self.written += len(lines)
+        if self.fmt == "jsonl":
+            text = json_lines_of_flow_findings(flow, self._group_pieces)
+        else:
+            text = text_lines_of_flow_findings(flow, self.tag, self.hostname, self.host_ip, self._group_pieces)
+        if self._emit(text):  # one write per batch
+            self.written += len(flow)
 
     def flush(self) -> None:
         if not self.reader_gone:
@@ -397,7 +423,11 @@ class FindingWriter:
         if self.reader_gone:
             return False
         try:
-            self.stream.write(text)
+            # In pieces no larger than a stream buffer: a larger write that the reader leaves
+            # half-done comes back short with no error (CPython's BufferedWriter), and
+            # TextIOWrapper ignores the count; a buffered piece raises BrokenPipeError.
+            for start in range(0, len(text), _WRITE_PIECE):
+                self.stream.write(text[start:start + _WRITE_PIECE])
             if not text:
                 self.stream.flush()
             return True
