@@ -107,6 +107,22 @@ def test_text_output_of_a_flow():
     assert "RIP: 45.9.148.2 RPORT: 443 FILE: f.csv ROW: 7 START: 2026-01-02T00:00:00Z" in out.getvalue()
 
 
+def test_start_times_beyond_years_1_to_9999_are_unknown():
+    # e.g. 12-digit epoch seconds in a damaged record: no ISO 8601 text, no OverflowError.
+    micros = [253_402_300_800_000_000, -62_135_596_800_000_001, 253_402_300_799_999_999, -62_135_596_800_000_000]
+    batch = pa.record_batch([pa.array(["10.0.0.1"] * 4), pa.array(["45.9.148.2"] * 4), pa.array([5000] * 4, pa.int32()),
+                             pa.array([443] * 4, pa.int32()), pa.array(["tcp"] * 4),
+                             pa.array(micros, pa.timestamp("us", tz="UTC")), pa.array([1, 2, 3, 4], pa.int64())],
+                            schema=BATCH_SCHEMA)
+    flow = evaluate_flow_columns(batch, _evaluator(), home_engine_for(), "f.csv")
+    assert [f.start for f in flow.findings()] == [None, None, datetime.max.replace(tzinfo=timezone.utc),
+                                                   datetime.min.replace(tzinfo=timezone.utc)]
+    out = io.StringIO()
+    FindingWriter(out, "jsonl").write_flow_findings(flow)
+    assert [json.loads(line).get("start") for line in out.getvalue().splitlines()] == [
+        None, None, "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00Z"]
+
+
 def test_scan_paths_columnar_output_equals_object_output(tmp_path):
     rng = np.random.default_rng(4)
     path = tmp_path / "flows.csv"

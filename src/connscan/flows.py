@@ -220,11 +220,15 @@ def evaluate_ends(ends: FlowEnds, evaluator, file: str | None) -> FlowFindings |
         return None
     # The start converted here, not per value by pyarrow (slow for zoned timestamps).
     starts = batch.column("start").cast(pa.int64()).take(pa.array(flagged.index))
-    return FlowFindings(flagged, file, starts.fill_null(0).to_numpy(zero_copy_only=False),
-                        starts.is_valid().to_numpy(zero_copy_only=False))
+    start_us = starts.fill_null(0).to_numpy(zero_copy_only=False)
+    # A time outside years 1..9999 (a damaged record) has no ISO 8601 form: unknown.
+    start_valid = starts.is_valid().to_numpy(zero_copy_only=False) & (start_us >= _FIRST_US) & (start_us <= _LAST_US)
+    return FlowFindings(flagged, file, start_us, start_valid)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_FIRST_US, _LAST_US = ((moment - _EPOCH) // timedelta(microseconds=1) for moment in (
+    datetime.min.replace(tzinfo=timezone.utc), datetime.max.replace(tzinfo=timezone.utc)))
 
 
 def _choose_parsed(mask, if_true, if_false):
