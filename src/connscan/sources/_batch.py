@@ -32,13 +32,26 @@ def normalise_proto(column: pa.Array) -> pa.Array:
     """Protocol text or numbers -> contract names, via the (small) dictionary of values."""
     if pa.types.is_integer(column.type):
         column = pc.cast(column, pa.string())
-    encoded = pc.dictionary_encode(column.fill_null(""))
-    names = pa.array([proto_name(v) for v in encoded.dictionary.to_pylist()], pa.string())
-    return names.take(encoded.indices)
+    column = column.fill_null("") if column.null_count else column
+    encoded = pc.dictionary_encode(column)
+    values = encoded.dictionary.to_pylist()
+    names = [proto_name(v) for v in values]
+    # the common exports need no gather: Zeek's names are already right, nfdump's upper case
+    if names == values:
+        return column
+    if all(v.isascii() for v in values) and names == [v.lower() for v in values]:
+        return pc.ascii_lower(column)
+    return pa.array(names, pa.string()).take(encoded.indices)
 
 
 def parse_ports(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Port text -> (int32 values with -1 for unset, bool mask of malformed entries)."""
+    if column.type == pa.int32() and not column.null_count:
+        # the native extractor's ports: -1 for unset, already checked
+        values = column.to_numpy()
+        bad = (values < -1) | (values > 65535)
+        if not bad.any():
+            return values, bad
     if pa.types.is_integer(column.type):
         values = column.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         bad = (values < -1) | (values > 65535)
@@ -164,4 +177,4 @@ def _as_string(column: pa.Array) -> pa.Array:
         column = column.combine_chunks()
     if column.type != pa.string():
         column = column.cast(pa.string())
-    return column.fill_null("")
+    return column.fill_null("") if column.null_count else column
