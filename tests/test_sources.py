@@ -545,3 +545,27 @@ def test_non_ascii_bytes_in_a_field_are_rejected(tmp_path):
     _, table, account = read_all(path, options=ReaderOptions(tz="UTC"))
     assert table.column("row").to_pylist() == [2]
     assert [r[:2] for r in account.take_rejects()] == [(1, "non-text bytes in an address, port, protocol or time field")]
+
+
+# --------------------------------------------------------------------------- column conversions
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.sampled_from(["tcp", "TCP", "Udp", "6", "17", "99", " udp ", "ipv6-icmp", "", "-", "(empty)", "Ünk", "İ", "ICMP6"])), max_size=30))
+def test_normalise_proto_equals_the_per_value_names(values):
+    from connscan.sources import _batch
+
+    # the reference: the plain per-value function on every row
+    expected = [_batch.proto_name(v or "") for v in values]
+    assert _batch.normalise_proto(pa.array(values, pa.string())).to_pylist() == expected
+
+
+@given(values=st.lists(st.integers(-3, 70000), max_size=30), nulls=st.booleans())
+def test_parse_ports_of_integer_columns(values, nulls):
+    from connscan.sources import _batch
+
+    column = pa.array([None if nulls and i % 3 == 0 else v for i, v in enumerate(values)], pa.int32())
+    ports, bad = _batch.parse_ports(column)
+    raw = column.to_pylist()
+    assert bad.tolist() == [v is not None and not -1 <= v <= 65535 for v in raw]
+    assert ports.tolist() == [v if v is not None and -1 <= v <= 65535 else -1 for v in raw]
