@@ -418,12 +418,18 @@ def split_fields(const uint8_t[::1] block, int delimiter, int ncols, wanted, int
     for j in range(nslots):
         if kinds[j] == TEXT:
             offsets_j, text_j = arrays[j]
-            columns.append((offsets_j[: n_ok + 1].copy(), text_j[: offsets_j[n_ok]].copy()))
+            text_j.resize(offsets_j[n_ok], refcheck=False)  # shrunk in place: no view of it exists
+            columns.append((_first(offsets_j, n_ok + 1), text_j))
         elif kinds[j] == PORT:
-            columns.append(arrays[j][:n_ok].copy())
+            columns.append(_first(arrays[j], n_ok))
         else:
-            columns.append((arrays[j][0][:n_ok].copy(), arrays[j][1][:n_ok].astype(bool)))
-    return status[:n].copy(), line_start[:n].copy(), line_end[:n].copy(), nfields[:n].copy(), columns, bad_slot[:n].copy()
+            columns.append((_first(arrays[j][0], n_ok), _first(arrays[j][1], n_ok).view(np.bool_)))  # valid is 0/1
+    return _first(status, n), _first(line_start, n), _first(line_end, n), _first(nfields, n), columns, _first(bad_slot, n)
+
+
+def _first(array, Py_ssize_t n):
+    """array[:n]: a view when that is most of the array, else a compact copy."""
+    return array[:n] if 2 * n >= array.shape[0] else array[:n].copy()
 
 
 cdef Py_ssize_t _count_lines(const uint8_t* buf, Py_ssize_t size) noexcept nogil:
