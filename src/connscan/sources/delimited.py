@@ -156,7 +156,9 @@ def _native_blocks(blocks, layout: Layout, classify, comment, flowparse, workers
 
 def _in_order(work: Callable, items: Iterable, workers: int) -> Iterator[tuple]:
     """``(item, work(item))`` in the order of ``items``; with ``workers`` > 0 the work runs in
-    that many threads, at most ``workers + 1`` items ahead of the consumer (bounded memory)."""
+    that many threads, at most ``workers + 1`` items ahead of the consumer (bounded memory).
+    An item no thread has started yet when its turn comes is worked on by the consumer
+    itself, so that it never waits idle behind a busy pool."""
     if workers <= 0:
         for item in items:
             yield item, work(item)
@@ -168,10 +170,10 @@ def _in_order(work: Callable, items: Iterable, workers: int) -> Iterator[tuple]:
                 pending.append((item, pool.submit(work, item)))
                 if len(pending) > workers:
                     first, future = pending.popleft()
-                    yield first, future.result()
+                    yield first, work(first) if future.cancel() else future.result()
             while pending:
                 first, future = pending.popleft()
-                yield first, future.result()
+                yield first, work(first) if future.cancel() else future.result()
         finally:  # consumer gone or failed: drop the work not started yet
             for _, future in pending:
                 future.cancel()
