@@ -165,6 +165,7 @@ def test_in_order_keeps_order_and_bounds_the_look_ahead():
         with lock:
             assert max(started) <= item + 3  # at most workers + 1 items ahead
     assert consumed == list(range(40))
+    assert sorted(started) == list(range(40))  # each item worked on once, by a thread or inline
 
 
 def test_in_order_reports_a_failure_after_the_items_before_it():
