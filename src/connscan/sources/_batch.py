@@ -85,11 +85,32 @@ def epoch_seconds(column: pa.Array) -> pa.Array:
     return pc.cast(micros, pa.int64()).cast(START_TYPE)
 
 
+_MINUTE_US = 60_000_000
+_PROBE_SPAN_US = 2 * 24 * 3600 * 1_000_000  # batches spanning longer get the full conversion
+
+
 def wallclock_to_utc(naive: pa.Array, tz: str) -> pa.Array:
     """Naive wall-clock timestamps of zone ``tz`` -> UTC (DST gaps/overlaps: the earlier)."""
     if tz in ("UTC", "Etc/UTC", "Z"):
         return naive.cast(pa.int64()).cast(START_TYPE)
+    offset = _constant_offset(naive, tz)
+    if offset is not None:  # one subtraction instead of a zone lookup per row (~60 ns)
+        return pc.subtract(naive.cast(pa.int64()), offset).cast(START_TYPE)
     return pc.assume_timezone(naive, tz, ambiguous="earliest", nonexistent="earliest")
+
+
+def _constant_offset(naive: pa.Array, tz: str) -> int | None:
+    """The zone's offset (us) when it is the same for every wall-clock time of the batch's
+    range, probed minute by minute (zone transitions are never less than a minute apart);
+    None when the range is long or crosses a transition."""
+    bounds = pc.min_max(naive.cast(pa.int64()))
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is None or high - low > _PROBE_SPAN_US:
+        return None
+    probes = np.append(np.arange(low, high, _MINUTE_US, dtype=np.int64), high)
+    utc = pc.assume_timezone(pa.array(probes, pa.timestamp("us")), tz, ambiguous="earliest", nonexistent="earliest")
+    offsets = probes - utc.cast(pa.int64()).to_numpy()
+    return int(offsets[0]) if (offsets == offsets[0]).all() else None
 
 
 def null_starts(n: int) -> pa.Array:
