@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import zstandard
@@ -545,3 +546,56 @@ def test_non_ascii_bytes_in_a_field_are_rejected(tmp_path):
     _, table, account = read_all(path, options=ReaderOptions(tz="UTC"))
     assert table.column("row").to_pylist() == [2]
     assert [r[:2] for r in account.take_rejects()] == [(1, "non-text bytes in an address, port, protocol or time field")]
+
+
+# --------------------------------------------------------------------------- column conversions
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.sampled_from(["tcp", "TCP", "Udp", "6", "17", "99", " udp ", "ipv6-icmp", "", "-", "(empty)", "Ünk", "İ", "ICMP6"])), max_size=30))
+def test_normalise_proto_equals_the_per_value_names(values):
+    from connscan.sources import _batch
+
+    # the reference: the plain per-value function on every row
+    expected = [_batch.proto_name(v or "") for v in values]
+    assert _batch.normalise_proto(pa.array(values, pa.string())).to_pylist() == expected
+
+
+@given(values=st.lists(st.integers(-3, 70000), max_size=30), nulls=st.booleans())
+def test_parse_ports_of_integer_columns(values, nulls):
+    from connscan.sources import _batch
+
+    column = pa.array([None if nulls and i % 3 == 0 else v for i, v in enumerate(values)], pa.int32())
+    ports, bad = _batch.parse_ports(column)
+    raw = column.to_pylist()
+    assert bad.tolist() == [v is not None and not -1 <= v <= 65535 for v in raw]
+    assert ports.tolist() == [v if v is not None and -1 <= v <= 65535 else -1 for v in raw]
+
+
+# wall-clock instants next to zone transitions (gaps, overlaps, 30-minute shifts)
+_TRANSITIONS = [
+    ("Europe/Berlin", datetime(2024, 3, 31, 2, 30)),
+    ("Europe/Berlin", datetime(2024, 10, 27, 2, 30)),
+    ("America/New_York", datetime(2024, 11, 3, 1, 30)),
+    ("Australia/Lord_Howe", datetime(2024, 4, 7, 1, 45)),
+    ("Australia/Lord_Howe", datetime(2024, 10, 6, 2, 15)),
+    ("Pacific/Apia", datetime(2011, 12, 30, 12, 0)),  # a skipped day
+    ("Asia/Kathmandu", datetime(2024, 6, 1, 12, 0)),  # no transition, odd offset
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    where=st.sampled_from(_TRANSITIONS),
+    window_s=st.sampled_from([1, 90, 3600, 4 * 3600, 3 * 86400]),
+    fractions=st.lists(st.one_of(st.none(), st.floats(-1, 1)), min_size=1, max_size=40),
+)
+def test_wallclock_to_utc_equals_the_zone_conversion(where, window_s, fractions):
+    from connscan.sources import _batch
+
+    tz, anchor = where
+    base = int((anchor - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
+    naive = pa.array([None if f is None else base + int(f * window_s * 1_000_000) for f in fractions], pa.timestamp("us"))
+    # the reference: Arrow's per-row zone conversion with the same gap/overlap rule
+    expected = pc.assume_timezone(naive, tz, ambiguous="earliest", nonexistent="earliest")
+    assert _batch.wallclock_to_utc(naive, tz).cast(pa.int64()).to_pylist() == expected.cast(pa.int64()).to_pylist()

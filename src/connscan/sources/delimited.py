@@ -8,7 +8,10 @@ footer.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,10 @@ COMMENT, FOOTER, REJECT, BAD_BYTES = "comment", "footer", "reject", "bad-bytes"
 
 # Column kinds for the native extractor (unquoted layouts); quoted layouts give text.
 TEXT, PORT, WALLCLOCK, EPOCH_S, EPOCH_MS = 0, 1, 2, 3, 4
+
+# Threads that split blocks ahead of the consumer (the native split runs without the GIL);
+# 0 splits in the consuming thread.
+SPLIT_WORKERS = 2 if (os.cpu_count() or 1) > 1 else 0
 
 
 @dataclass
@@ -52,21 +59,28 @@ def parse(
     skip_bytes: int = 0,
     comment: str | None = None,
     impl: str | None = None,
+    join_rows: int = 0,
+    workers: int | None = None,
 ) -> Iterator[Block]:
     """Parse ``data`` (after its first ``skip_bytes`` header bytes) block by block.
 
     ``classify(text)`` decides what a line that does not fit the layout is: a comment or
     footer (not a record) or a rejected record ("expected N fields, got M"); lines that
     start with ``comment`` are comments. Unquoted layouts go through the native field
-    extractor (connscan._flowparse_c, or its twin with ``impl="py"``); quoted ones through
-    pyarrow's CSV parser.
+    extractor (connscan._flowparse_c, or its twin with ``impl="py"``), ``workers`` threads
+    splitting blocks ahead of this one (default SPLIT_WORKERS); quoted ones through
+    pyarrow's CSV parser. Consecutive blocks are joined while they stay within
+    ``join_rows`` rows (fewer, bigger batches downstream); 0 yields one Block per block read.
     """
     blocks = _skip_prefix(data.blocks(block_bytes), skip_bytes)
     if layout.quoting:
         parts = _arrow_blocks(blocks, layout, block_bytes, classify, comment)
     else:
-        parts = _native_blocks(blocks, layout, classify, comment, _native.load("flowparse", impl))
+        flowparse = _native.load("flowparse", impl)
+        parts = _native_blocks(blocks, layout, classify, comment, flowparse, SPLIT_WORKERS if workers is None else workers)
     base = 0
+    joined: list[Block] = []  # blocks waiting to be yielded as one
+    joined_rows = 0
     for table, n_lines, invalid in parts:
         if not invalid:
             rows = np.arange(base + 1, base + n_lines + 1, dtype=np.int64)
@@ -89,21 +103,38 @@ def parse(
                     account.reject(row, kind, text[:500])  # "invalid <column>" from a typed column
             rows = record_no[is_valid].astype(np.int64)
             base += int(is_record.sum())
-        yield Block(table, rows)
+        if joined and joined_rows + len(rows) > join_rows:
+            yield _join(joined)
+            joined, joined_rows = [], 0
+        joined.append(Block(table, rows))
+        joined_rows += len(rows)
+        if joined_rows >= join_rows:
+            yield _join(joined)
+            joined, joined_rows = [], 0
+    if joined:
+        yield _join(joined)
     if data.truncated_tail:
         account.reject(base + 1, "truncated record at damaged end of input", data.truncated_tail[:500].decode("utf-8", "replace"))
 
 
-def _native_blocks(blocks, layout: Layout, classify, comment, flowparse):
+def _join(blocks: list[Block]) -> Block:
+    if len(blocks) == 1:
+        return blocks[0]
+    return Block(pa.concat_tables([block.table for block in blocks]), np.concatenate([block.rows for block in blocks]))
+
+
+def _native_blocks(blocks, layout: Layout, classify, comment, flowparse, workers: int):
     """(table, non-blank lines, [(line index, kind, text, fields)]) per block, natively split."""
     index_of = {name: i for i, name in enumerate(layout.names)}
     wanted = np.array([index_of[name] for name in layout.wanted], np.int32)
     kinds = [(layout.kinds or {}).get(name, TEXT) for name in layout.wanted]
     comment_byte = ord(comment) if comment else -1
-    for block in blocks:
-        status, starts, ends, nfields, columns, bad_slot = flowparse.split_fields(
-            block, ord(layout.delimiter), len(layout.names), wanted, comment_byte, kinds
-        )
+
+    def split(block):
+        return flowparse.split_fields(block, ord(layout.delimiter), len(layout.names), wanted, comment_byte, kinds)
+
+    # assembled in block order: row numbers and the stateful classify see the lines in order
+    for block, (status, starts, ends, nfields, columns, bad_slot) in _in_order(split, blocks, workers):
         n_ok = int(np.count_nonzero(status == 0))
         table = pa.table({name: _arrow_column(kind, column, n_ok) for name, kind, column in zip(layout.wanted, kinds, columns)})
         invalid = []
@@ -121,6 +152,31 @@ def _native_blocks(blocks, layout: Layout, classify, comment, flowparse):
                 kind = classify(text)
             invalid.append((int(index), kind, text, int(nfields[index])))
         yield table, len(status), invalid
+
+
+def _in_order(work: Callable, items: Iterable, workers: int) -> Iterator[tuple]:
+    """``(item, work(item))`` in the order of ``items``; with ``workers`` > 0 the work runs in
+    that many threads, at most ``workers + 1`` items ahead of the consumer (bounded memory).
+    An item no thread has started yet when its turn comes is worked on by the consumer
+    itself, so that it never waits idle behind a busy pool."""
+    if workers <= 0:
+        for item in items:
+            yield item, work(item)
+        return
+    pending: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="connscan-split") as pool:
+        try:
+            for item in items:
+                pending.append((item, pool.submit(work, item)))
+                if len(pending) > workers:
+                    first, future = pending.popleft()
+                    yield first, work(first) if future.cancel() else future.result()
+            while pending:
+                first, future = pending.popleft()
+                yield first, work(first) if future.cancel() else future.result()
+        finally:  # consumer gone or failed: drop the work not started yet
+            for _, future in pending:
+                future.cancel()
 
 
 def _arrow_column(kind: int, column, n: int) -> pa.Array:

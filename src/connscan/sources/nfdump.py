@@ -62,7 +62,7 @@ def read(data: ByteSource, account: SourceAccount, options: ReaderOptions, fast:
         return FOOTER if in_footer else REJECT
 
     skip = header_end + 1 if header_end >= 0 else len(data.head)
-    for block in parse(data, account, layout, options.block_bytes, classify, skip_bytes=skip):
+    for block in parse(data, account, layout, options.block_bytes, classify, skip_bytes=skip, join_rows=options.batch_rows):
         table = block.table
         start = table.column(roles["start"]).combine_chunks()
         if fast:

@@ -65,7 +65,7 @@ def read_tsv(data: ByteSource, account: SourceAccount, options: ReaderOptions) -
         kinds[roles["start"]] = EPOCH_S
     layout = Layout(names=_unique(names), wanted=list(roles.values()), delimiter=separator, kinds=kinds, roles={v: k for k, v in roles.items()})
 
-    for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip, comment="#"):
+    for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip, comment="#", join_rows=options.batch_rows):
         table = block.table
         yield from _batch.batches_from_table(account, block.rows, table, roles, options.batch_rows, _batch.epoch_micros)
 
