@@ -251,6 +251,24 @@ def test_home_net_decides_local_side():
     assert {(f.row, f.direction) for f in findings if f.row == 4} == {(4, "outbound")}
 
 
+def test_direct_internet_rule_on_flows():
+    # Hosts of 10.0.0.0/28 must not talk to the Internet directly: only their outbound flows
+    # to public addresses count, whichever column the host is in.
+    engine = Engine(SignatureSet.from_networks(["192.0.2.99"]), None)
+    config = RuleConfig(relevant_countries=(), suspicious_ports={}, no_direct_internet=("10.0.0.0/28",))
+    evaluator = Evaluator(engine, config, home_engine=home_engine_for(), hostname="h")
+    flows = [("10.0.0.5", "8.8.8.8"), ("8.8.8.8", "10.0.0.5"), ("10.0.0.5", "192.168.1.1"), ("10.0.0.99", "8.8.8.8"),
+             ("10.0.0.7", "2001:4860::8888"), ("10.0.0.6", "198.51.100.3"), ("10.0.0.1", "100.64.0.1")]
+    batch = pa.RecordBatch.from_pydict(
+        {"src": [s for s, _ in flows], "dst": [d for _, d in flows], "sport": [5000] * 7, "dport": [443] * 7,
+         "proto": ["tcp"] * 7, "start": [None] * 7, "row": list(range(1, 8))}, schema=BATCH_SCHEMA)
+    findings = evaluate_flow_batch(batch, evaluator, home_engine_for(), "f.csv")
+    assert [(f.row, f.lip, f.rip, f.reasons[0].kind, f.reasons[0].signature) for f in findings] == [
+        (1, "10.0.0.5", "8.8.8.8", "direct-internet", "10.0.0.0/28"),
+        (5, "10.0.0.7", "2001:4860::8888", "direct-internet", "10.0.0.0/28"),
+    ]  # 198.51.100.0/24 is documentation space, 100.64/10 shared address space: not public
+
+
 def test_aggregate_groups_and_counts(c2_evaluator, tmp_path):
     flows, c2, evaluator = c2_evaluator
     path = tmp_path / "flows.tsv"

@@ -133,16 +133,14 @@ class FlowEnds:
     thread, overlapping the rest).
 
     ``batch``: the rows whose addresses parsed; ``rejects``: (row, reason, text) of the
-    others; ``*_parsed``: engine.ParsedAddresses; ``src_home``: the source is in the home
-    networks; ``inbound``: only the destination is (the source is then the remote side);
-    ``remote``: the signature engine's LookupResult of the remote ends; ``local_sig``:
-    the local ends' signature indices; ``lport``/``rport``: int64, -1 unknown.
+    others; ``src_home``: the source is in the home networks; ``inbound``: only the
+    destination is (the source is then the remote side); ``remote``: the signature
+    engine's LookupResult of the remote ends; ``local_sig``: the local ends' signature
+    indices; ``lport``/``rport``: int64, -1 unknown.
     """
 
     batch: pa.RecordBatch | pa.Table
     rejects: list
-    src_parsed: object = None
-    dst_parsed: object = None
     src_home: np.ndarray | None = None
     inbound: np.ndarray | None = None
     remote: object = None
@@ -174,6 +172,7 @@ def look_up_ends(batch, engine, home_engine) -> FlowEnds:
         dst_parsed = _take_parsed(dst_parsed, valid)
         if batch.num_rows == 0:
             return FlowEnds(batch, rejects)
+    # Only what the rules need is kept: batches wait in a queue, and memory is bounded.
     src_home = np.asarray(home_engine.lookup_parsed(src_parsed).signature) >= 0
     dst_home = np.asarray(home_engine.lookup_parsed(dst_parsed).signature) >= 0
     inbound = dst_home & ~src_home  # only then is the destination the local side
@@ -182,8 +181,7 @@ def look_up_ends(batch, engine, home_engine) -> FlowEnds:
         (src_found.signature, dst_found.signature), (src_found.country, dst_found.country), (src_found.valid, dst_found.valid))))
     sport, dport = (_port_numbers(batch.column(name)) for name in ("sport", "dport"))
     return FlowEnds(
-        batch, rejects, src_parsed, dst_parsed, src_home, inbound, remote,
-        np.where(inbound, dst_found.signature, src_found.signature).astype(np.int64),
+        batch, rejects, src_home, inbound, remote, np.where(inbound, dst_found.signature, src_found.signature),
         np.where(inbound, dport, sport), np.where(inbound, sport, dport),
     )
 
@@ -194,9 +192,10 @@ def evaluate_ends(ends: FlowEnds, evaluator, file: str | None) -> FlowFindings |
     if batch.num_rows == 0:
         return None
 
-    def lookup(engine, side):  # another engine's view of one side (the direct-Internet rule)
-        first, second = (ends.dst_parsed, ends.src_parsed) if side == "local" else (ends.src_parsed, ends.dst_parsed)
-        return engine.lookup_parsed(_choose_parsed(inbound, first, second))
+    def lookup(engine, side):  # another engine's view of one side (only the direct-Internet rule asks)
+        src, dst = batch.column("src"), batch.column("dst")
+        flipped = pa.array(inbound)
+        return engine.lookup(pc.if_else(flipped, dst, src) if side == "local" else pc.if_else(flipped, src, dst))
 
     def pick(rows):  # the evaluator's table, built only for the rows that need a look
         taken = batch.take(pa.array(rows))
@@ -229,14 +228,6 @@ def evaluate_ends(ends: FlowEnds, evaluator, file: str | None) -> FlowFindings |
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _FIRST_US, _LAST_US = ((moment - _EPOCH) // timedelta(microseconds=1) for moment in (
     datetime.min.replace(tzinfo=timezone.utc), datetime.max.replace(tzinfo=timezone.utc)))
-
-
-def _choose_parsed(mask, if_true, if_false):
-    """Per row, the parsed address of ``if_true`` where ``mask`` holds, else of ``if_false``."""
-    from connscan.engine import ParsedAddresses
-
-    return ParsedAddresses(*(np.where(mask, a, b) for a, b in zip(
-        (if_true.kind, if_true.v4, if_true.hi, if_true.lo), (if_false.kind, if_false.v4, if_false.hi, if_false.lo))))
 
 
 def _port_numbers(column) -> np.ndarray:
@@ -316,7 +307,7 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
 _END = object()
 
 
-def _read_ahead(source: FlowSource, prepare: Callable, depth: int = 2) -> Iterator[tuple]:
+def _read_ahead(source: FlowSource, prepare: Callable, depth: int = 1) -> Iterator[tuple]:
     """(batch, prepare(batch)) for each of the source's batches, read and prepared in a
     helper thread: parsing and the native lookups overlap the evaluation."""
     pipe: queue.Queue = queue.Queue(maxsize=depth)

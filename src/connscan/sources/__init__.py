@@ -57,7 +57,7 @@ BATCH_SCHEMA = pa.schema(
     ]
 )
 
-DEFAULT_BATCH_ROWS = 131_072
+DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_BLOCK_BYTES = 4 << 20  # small enough to stay in cache between split and gather
 
 FORMATS = (
