@@ -307,16 +307,29 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
 _END = object()
 
 
-def _read_ahead(source: FlowSource, prepare: Callable, depth: int = 1) -> Iterator[tuple]:
-    """(batch, prepare(batch)) for each of the source's batches, read and prepared in a
-    helper thread: parsing and the native lookups overlap the evaluation."""
+def _read_ahead(source: FlowSource, prepare: Callable) -> Iterator[tuple]:
+    """(batch, prepare(batch)) for each of the source's batches: reading and preparing run in
+    two helper threads, so that they overlap each other and the evaluation."""
+    batches = _in_thread(source.batches(), f"connscan-read {source.name}")
+    return _in_thread(_prepared(batches, prepare), f"connscan-lookup {source.name}")
+
+
+def _prepared(batches: Iterator, prepare: Callable) -> Iterator[tuple]:
+    try:
+        for batch in batches:
+            yield batch, prepare(batch)
+    finally:
+        batches.close()
+
+
+def _in_thread(items: Iterator, name: str, depth: int = 1) -> Iterator:
+    """``items`` produced in a helper thread, at most ``depth`` ahead of the consumer."""
     pipe: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce():
         try:
-            for batch in source.batches():
-                item = (batch, prepare(batch))
+            for item in items:
                 while not stop.is_set():
                     try:
                         pipe.put(item, timeout=0.1)
@@ -329,7 +342,7 @@ def _read_ahead(source: FlowSource, prepare: Callable, depth: int = 1) -> Iterat
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             pipe.put(exc)
 
-    worker = threading.Thread(target=produce, name=f"connscan-read {source.name}", daemon=True)
+    worker = threading.Thread(target=produce, name=name, daemon=True)
     worker.start()
     try:
         while True:
@@ -342,6 +355,8 @@ def _read_ahead(source: FlowSource, prepare: Callable, depth: int = 1) -> Iterat
     finally:
         stop.set()
         worker.join()
+        if hasattr(items, "close"):
+            items.close()  # the producer has stopped: release what it holds (files, threads)
 
 
 def scan_paths(
