@@ -633,3 +633,16 @@ def test_real_countries_equal_golden_lookups(engine_impl, real_engine_file, shar
     assert result.valid.all()
     np.testing.assert_array_equal(result.country, want)
     assert len(rows) == 8000 and (want != b"").sum() > 7000
+
+
+def test_matches_at_an_integer_address_equals_matches_of_its_text(engine_impl):
+    networks = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3", "192.0.2.10-192.0.2.20", "2001:db8::/32",
+                "2001:db8:1::/48", "::ffff:198.51.100.0/120", "0.0.0.0/0", "::/0"]
+    engine = Engine(SignatureSet.from_networks(networks), None, impl=impl_name(engine_impl))
+    rng = np.random.default_rng(11)
+    addresses = [ipaddress.ip_address(int(v)) for v in rng.integers(0, 2**32, 200, dtype=np.uint64)]
+    addresses += [ipaddress.ip_address(text) for text in (
+        "10.1.2.3", "10.255.255.255", "192.0.2.15", "192.0.2.21", "2001:db8:1::5", "2001:db8:ffff::1",
+        "::ffff:198.51.100.7", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::")]
+    for address in addresses:
+        assert engine.matches_at(address.version, int(address)) == engine.matches(str(address)), address

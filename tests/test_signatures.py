@@ -578,3 +578,15 @@ def test_fuzz_every_line_is_a_signature_or_a_warning(tmp_path_factory, lines):
             assert number in loaded and number not in rejected, token
             assert span_of(sigs, loaded[number]) == expected, token
     assert len(loaded) + len(rejected) == sum(bool(line.strip()) for line in lines)
+
+
+def test_bounds_of_networks_and_ranges():
+    texts = ["10.0.0.0/8", "192.0.2.7", "198.51.100.5-198.51.100.9", "2001:db8::/32", "2001:db8::1-2001:db8::ff", "::/0"]
+    signatures = SignatureSet.from_networks(texts)
+    for index, text in enumerate(texts):
+        if "-" in text:
+            first, last = (ipaddress.ip_address(end) for end in text.split("-"))
+        else:
+            network = ipaddress.ip_network(text)
+            first, last = network.network_address, network.broadcast_address
+        assert signatures.bounds(index) == (first.version, int(first), int(last), "-" in text)

@@ -480,6 +480,12 @@ class Engine:
             return self._impl.matches_v6(self._tables, int(parsed.hi[0]), int(parsed.lo[0]))
         return []
 
+    def matches_at(self, version: int, address: int) -> list[int]:
+        """``matches`` of an address given as an int of IP ``version`` 4 or 6."""
+        if version == 4:
+            return self._impl.matches_v4(self._tables, address)
+        return self._impl.matches_v6(self._tables, address >> 64, address & 0xFFFF_FFFF_FFFF_FFFF)
+
     @property
     def table_bytes(self) -> int:
         """Memory held by the compiled tables."""

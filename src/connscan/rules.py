@@ -234,15 +234,6 @@ def _isolated_signatures(signatures) -> np.ndarray:
     return isolated
 
 
-def _network_ends(network: str) -> tuple[str, str]:
-    """First and last address of a signature network ("a/n" or "a-b")."""
-    if "-" in network:
-        first, last = network.split("-", 1)
-        return first, last
-    net = ipaddress.ip_network(network, strict=False)
-    return str(net.network_address), str(net.broadcast_address)
-
-
 @dataclass
 class FlaggedRows:
     """The findings of one evaluated batch in columns, row i of ``table`` being finding i.
@@ -343,8 +334,8 @@ class Evaluator:
         sig = self._signature(index)
         if sig.kind == "c2" and sig.score > 0:
             return True
-        first, last = _network_ends(sig.network)
-        around = set(self.engine.matches(first)) | set(self.engine.matches(last))
+        version, first, last, _ = self.signatures.bounds(index)
+        around = set(self.engine.matches_at(version, first)) | set(self.engine.matches_at(version, last))
         return any(self._signature(j).kind == "c2" and self._signature(j).score > 0 for j in around)
 
     def _signature_flags(self, indices: np.ndarray) -> np.ndarray:
@@ -494,13 +485,14 @@ class Evaluator:
         unique, first, group_of = np.unique(packed, return_index=True, return_inverse=True)
         group_of = group_of.reshape(-1)
         geoip = np.where(relevant, country, b"")
-        outcomes = []
-        for key, k, *values in zip(unique.tolist(), first.tolist(), *(column[first].tolist() for column in (
-                rsig, rport, lsig, lport, nodirect, suspicious, geoip, inbound))):
-            outcome = self._group_outcomes.get(key)
-            if outcome is None:
-                outcome = self._group_outcomes[key] = self._group_outcome(picked, k, *values, allowed[k])
-            outcomes.append(outcome)
+        keys = unique.tolist()
+        outcomes = list(map(self._group_outcomes.get, keys))
+        new = [g for g, outcome in enumerate(outcomes) if outcome is None]  # groups not seen before
+        if new:
+            at = first[new]
+            for g, k, *values in zip(new, at.tolist(), *(column[at].tolist() for column in (
+                    rsig, rport, lsig, lport, nodirect, suspicious, geoip, inbound))):
+                outcomes[g] = self._group_outcomes[keys[g]] = self._group_outcome(picked, k, *values, allowed[k])
         keep = np.arange(n)
         if not cfg.all_connections:
             informative = np.array([level != "Info" for _, level, _, _ in outcomes], bool)
@@ -560,22 +552,26 @@ class Evaluator:
             return self._cover_cache[index]
         if self._isolated is None:
             self._isolated = _isolated_signatures(self.signatures)
-        network = self._signature(index).network
         cover = None
         if index < len(self._isolated) and self._isolated[index]:
             cover = (index,)
-        elif "-" not in network:
-            # A signature containing both ends of the CIDR contains all of it; one holding a
-            # single end lies inside it (more specific: never these addresses' best match)
-            # or partly overlaps it, and then the matches vary.
-            first, last = _network_ends(network)
-            at_first, at_last = self.engine.matches(first), self.engine.matches(last)
-            inside = ipaddress.ip_network(network, strict=False)
-            one_end = set(at_first).symmetric_difference(at_last)
-            if all(_within(self._signature(i).network, inside) for i in one_end):
-                cover = tuple(i for i in at_first if i in set(at_last))
+        else:
+            version, first, last, is_range = self.signatures.bounds(index)
+            if not is_range:
+                # A signature containing both ends of the CIDR contains all of it; one
+                # holding a single end lies inside it (more specific: never these addresses'
+                # best match) or partly overlaps it, and then the matches vary.
+                at_first, at_last = self.engine.matches_at(version, first), self.engine.matches_at(version, last)
+                one_end = set(at_first).symmetric_difference(at_last)
+                if all(self._inside(i, version, first, last) for i in one_end):
+                    cover = tuple(i for i in at_first if i in set(at_last))
         self._cover_cache[index] = cover
         return cover
+
+    def _inside(self, index: int, version: int, first: int, last: int) -> bool:
+        """Whether signature ``index`` lies inside the addresses first..last of ``version``."""
+        its_version, its_first, its_last, _ = self.signatures.bounds(index)
+        return its_version == version and first <= its_first and its_last <= last
 
     # Reasons are immutable: the evaluator builds each distinct one once and shares it.
 
@@ -675,12 +671,6 @@ _ATTENTION, _VARYING, _BY_PORT = 1, 2, 4
 _KIND_C2 = KINDS.index("c2")
 
 _REQUIRED_COLUMNS = ("lip", "lport", "rip", "rport", "proto", "direction")
-
-
-def _within(network: str, outer) -> bool:
-    """Whether signature ``network`` ("a/n" or "a-b") lies inside the ip_network ``outer``."""
-    first, last = (ipaddress.ip_address(end) for end in _network_ends(network))
-    return first.version == outer.version and outer.network_address <= first and last <= outer.broadcast_address
 
 
 def _ports(values: np.ndarray) -> list:

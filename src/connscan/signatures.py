@@ -603,6 +603,14 @@ class SignatureSet:
                                          prefix[index])
         return texts
 
+    def bounds(self, index: int) -> tuple[int, int, int, bool]:
+        """(IP version, first address, last address as ints, whether it is a range "a-b")."""
+        pos, is_range = int(self._pos[index]), bool(self._prefix[index] < 0)
+        if self._family[index] == 4:
+            return 4, int(self._v4[0][pos]), int(self._v4[1][pos]), is_range
+        hi, lo, end_hi, end_lo, _ = self._v6
+        return 6, int(hi[pos]) << 64 | int(lo[pos]), int(end_hi[pos]) << 64 | int(end_lo[pos]), is_range
+
     def rule_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(kind uint8 index into KINDS, score int8, port int32 -1 for none), index order."""
         return self._kind, self._score, self._port
