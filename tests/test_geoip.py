@@ -380,7 +380,7 @@ def _node(left: int, right: int, record_size: int) -> bytes:
     return left.to_bytes(4, "big") + right.to_bytes(4, "big")
 
 
-def write_mmdb(path: Path, nodes, records, record_size: int, ip_version: int) -> None:
+def write_mmdb(path: Path, nodes, records, record_size: int, ip_version: int, **metadata_changes) -> None:
     data = b""
     for record in records:
         data += _encode(record)
@@ -388,7 +388,8 @@ def write_mmdb(path: Path, nodes, records, record_size: int, ip_version: int) ->
     metadata = {"node_count": len(nodes), "record_size": record_size, "ip_version": ip_version,
                 "database_type": "connscan-test", "languages": ["en"],
                 "binary_format_major_version": 2, "binary_format_minor_version": 0,
-                "build_epoch": 1, "description": {"en": "random"}}
+                "build_epoch": 1, "description": {"en": "random"}} | metadata_changes
+    metadata = {key: value for key, value in metadata.items() if value is not None}
     path.write_bytes(tree + bytes(16) + data + MARKER + _encode(metadata))
 
 
@@ -470,7 +471,12 @@ def test_damaged_real_database_is_refused_or_answers_like_reader(tmp_path_factor
     if isinstance(table, str):
         assert str(path) in table
         return
-    reader = maxminddb.open_database(str(path), maxminddb.MODE_FILE)
+    try:
+        reader = maxminddb.open_database(str(path), maxminddb.MODE_FILE)
+    except TypeError:
+        # A flipped optional key ("languages"): the format allows keys a reader does not
+        # know, but the official reader's Metadata(**keys) refuses them. No oracle here.
+        return
     probes = [str(ipaddress.IPv4Address(int(s))) for s in table.v4_starts]
     probes += [str(ipaddress.IPv6Address(int(h) << 64 | int(lo)))
                for h, lo in zip(table.v6_hi, table.v6_lo)
@@ -478,6 +484,22 @@ def test_damaged_real_database_is_refused_or_answers_like_reader(tmp_path_factor
     probes += random_addresses(random.Random(len(data)), 100)
     for addr in probes:
         assert table.country(addr) == reader_country(reader, addr), addr
+
+
+@pytest.mark.parametrize("version", [None, 1, 3, "2"])
+def test_binary_format_other_than_2_is_refused(tmp_path, mmdb, version):
+    # As the official reader does (it cannot open such a file); None: the key is missing.
+    path = tmp_path / "format.mmdb"
+    write_mmdb(path, [(1 + 16, 1)], [{"country": {"iso_code": "DE"}}], 24, 4, binary_format_major_version=version)
+    with pytest.raises(GeoIPError, match="format.mmdb.*binary_format_major_version"):
+        GeoTable.compile(path, walker=mmdb)
+
+
+def test_metadata_without_a_required_key_is_refused(tmp_path, mmdb):
+    path = tmp_path / "epoch.mmdb"
+    write_mmdb(path, [(1 + 16, 1)], [{"country": {"iso_code": "DE"}}], 24, 4, build_epoch=None)
+    with pytest.raises(GeoIPError, match="epoch.mmdb: MaxMind DB metadata lacks build_epoch"):
+        GeoTable.compile(path, walker=mmdb)
 
 
 def test_country_code_that_does_not_fit_is_refused(tmp_path, mmdb):

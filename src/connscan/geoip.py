@@ -273,6 +273,11 @@ def _read_database(path: Path) -> bytes:
     return data
 
 
+# Keys the MaxMind DB format specification requires in the metadata map.
+_REQUIRED_METADATA = ("node_count", "record_size", "ip_version", "database_type", "binary_format_major_version",
+                      "binary_format_minor_version", "build_epoch")
+
+
 def _read_metadata(data: bytes, source: str) -> dict:
     """The validated metadata of a MaxMind DB, plus ``data_end`` (where the marker starts)."""
     marker = data.rfind(_METADATA_MARKER, max(0, len(data) - _METADATA_WINDOW))
@@ -285,6 +290,12 @@ def _read_metadata(data: bytes, source: str) -> dict:
         raise GeoIPError(f"{source}: unreadable MaxMind DB metadata: {exc}") from exc
     if not isinstance(meta, dict):
         raise GeoIPError(f"{source}: MaxMind DB metadata is not a map")
+    missing = [key for key in _REQUIRED_METADATA if key not in meta]
+    if missing:
+        raise GeoIPError(f"{source}: MaxMind DB metadata lacks {', '.join(missing)}")
+    version = meta["binary_format_major_version"]
+    if version != 2 or type(version) is not int:  # the only binary format there is (spec 2.0)
+        raise GeoIPError(f"{source}: unsupported binary_format_major_version {version!r} in metadata")
     node_count, record_size, ip_version = (meta.get("node_count"), meta.get("record_size"),
                                            meta.get("ip_version"))
     if type(node_count) is not int or not 0 <= node_count < 1 << 32:
