@@ -563,3 +563,118 @@ def parse_text(const offset_t[::1] offsets, const uint8_t[::1] data, validity, P
             kind[i] = <uint8_t>k
     if bad >= 0:
         raise _bad_offsets(offsets, bad, col.data_len)
+
+
+# ----------------------------------------------------------------------------- flow ends
+
+cdef enum:
+    ENDS_BLOCK = 1024  # rows parsed ahead of their lookups, so that those can be prefetched
+
+ctypedef struct Parsed:
+    uint32_t v4
+    uint64_t hi
+    uint64_t lo
+    int kind
+
+
+cdef uint64_t NO_VALUE = 0xFFFFFFFFu   # signature -1, no country
+
+
+cdef inline uint64_t _value_of(const V4Table* t4, const V6Table* t6, const uint64_t* values,
+                               const Parsed* p) noexcept nogil:
+    if p.kind == 4:
+        return values[v4_find(t4, p.v4)]
+    if p.kind == 6:
+        return values[_v6_or_mapped(t4, t6, p.hi, p.lo)]
+    return NO_VALUE
+
+
+cdef inline void _prefetch(const V4Table* t4, const Parsed* p) noexcept nogil:
+    if p.kind == 4:
+        CONNSCAN_PREFETCH(&t4.l1[p.v4 >> t4.shift])
+
+
+cdef inline Py_ssize_t _parse_block(const TextColumn* col, const offset_t* offsets, Py_ssize_t first,
+                                    Py_ssize_t size, Parsed* out) noexcept nogil:
+    """Parse rows first..first+size-1; the row whose offsets leave the buffer, else -1."""
+    cdef Py_ssize_t j
+    for j in range(size):
+        out[j].kind = _parse_entry(col, offsets, first + j, &out[j].v4, &out[j].hi, &out[j].lo)
+        if out[j].kind < 0:
+            return first + j
+    return -1
+
+
+cdef inline void _look_up_block(const V4Table* t4, const V6Table* t6, const uint64_t* values,
+                                const Parsed* ends, Py_ssize_t size, uint64_t* out) noexcept nogil:
+    """One tight loop per block and side: lookups far enough apart overlap their misses."""
+    cdef Py_ssize_t j
+    for j in range(size):
+        if j + PREFETCH_DISTANCE < size:
+            _prefetch(t4, &ends[j + PREFETCH_DISTANCE])
+        out[j] = _value_of(t4, t6, values, &ends[j])
+
+
+def look_up_ends(Tables t, Tables home,
+                 const offset_t[::1] src_offsets, const uint8_t[::1] src_data, src_validity, Py_ssize_t src_bit,
+                 const offset_t[::1] dst_offsets, const uint8_t[::1] dst_data, dst_validity, Py_ssize_t dst_bit,
+                 uint8_t[::1] bad, uint8_t[::1] src_home, uint8_t[::1] inbound,
+                 int32_t[::1] remote_sig, uint16_t[::1] remote_cc, int32_t[::1] local_sig):
+    """Both ends of n flows (Arrow string buffers as in parse_text) parsed, looked up in the
+    home networks ``home`` and in ``t``, and sorted into local and remote: the destination
+    is the local end only when it alone is home (``inbound``).
+
+    ``bad``: 0, or 1/2 when the source/destination is not an address (its outputs are then
+    -1 and 0). Offsets are checked against their data buffer before use (ValueError).
+    """
+    cdef Py_ssize_t n = src_offsets.shape[0] - 1, i, j, block, bad_row = -1, bad_side = 0
+    cdef uint8_t nothing = 0
+    if (n < 0 or dst_offsets.shape[0] != n + 1 or bad.shape[0] != n or src_home.shape[0] != n
+            or inbound.shape[0] != n or local_sig.shape[0] != n):
+        raise ValueError("flow end arrays do not match the offsets")
+    _check_out(n, remote_sig, remote_cc)
+    cdef TextColumn src_col = _text_column(src_data, src_validity, src_bit, n, &nothing)
+    cdef TextColumn dst_col = _text_column(dst_data, dst_validity, dst_bit, n, &nothing)
+    cdef Parsed src[ENDS_BLOCK]
+    cdef Parsed dst[ENDS_BLOCK]
+    cdef uint64_t src_value[ENDS_BLOCK]
+    cdef uint64_t dst_value[ENDS_BLOCK]
+    cdef uint64_t src_in[ENDS_BLOCK]
+    cdef uint64_t dst_in[ENDS_BLOCK]
+    cdef bint flip
+    cdef Py_ssize_t size
+    with nogil:
+        block = 0
+        while block < n:
+            size = min(<Py_ssize_t>ENDS_BLOCK, n - block)
+            bad_row = _parse_block(&src_col, &src_offsets[0], block, size, src)
+            if bad_row >= 0:
+                bad_side = 1
+                break
+            bad_row = _parse_block(&dst_col, &dst_offsets[0], block, size, dst)
+            if bad_row >= 0:
+                bad_side = 2
+                break
+            _look_up_block(&home.v4, &home.v6, home.values, src, size, src_in)
+            _look_up_block(&home.v4, &home.v6, home.values, dst, size, dst_in)
+            _look_up_block(&t.v4, &t.v6, t.values, src, size, src_value)
+            _look_up_block(&t.v4, &t.v6, t.values, dst, size, dst_value)
+            for j in range(size):
+                i = block + j
+                if src[j].kind == 0 or dst[j].kind == 0:
+                    bad[i] = 1 if src[j].kind == 0 else 2
+                    src_home[i] = inbound[i] = 0
+                    remote_sig[i] = local_sig[i] = -1
+                    remote_cc[i] = 0
+                    continue
+                bad[i] = 0
+                flip = <int32_t><uint32_t>dst_in[j] >= 0 and <int32_t><uint32_t>src_in[j] < 0
+                src_home[i] = <int32_t><uint32_t>src_in[j] >= 0
+                inbound[i] = flip
+                _store(src_value[j] if flip else dst_value[j], &remote_sig[i], &remote_cc[i])
+                local_sig[i] = <int32_t><uint32_t>(dst_value[j] if flip else src_value[j])
+            block += size
+    if bad_row >= 0:
+        if bad_side == 1:
+            raise _bad_offsets(src_offsets, bad_row, src_col.data_len)
+        raise _bad_offsets(dst_offsets, bad_row, dst_col.data_len)

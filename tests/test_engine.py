@@ -416,6 +416,92 @@ def test_lookup_parsed_rejects_ragged(engine_impl):
         engine.lookup_parsed(parsed)
 
 
+# --------------------------------------------------------------------------- flow ends
+
+HOME = ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "::ffff:172.16.0.0/108"]
+
+
+def oracle_ends(spans, home_spans, geo, src: str | None, dst: str | None):
+    """(bad, src_home, inbound, remote signature, remote country, local signature) of one
+    flow, from ipaddress: the destination is the local end only when it alone is home."""
+    ends = [oracle_parse(t) if t is not None else (0, 0, 0, 0) for t in (src, dst)]
+    if ends[0][0] == 0 or ends[1][0] == 0:
+        return 1 if ends[0][0] == 0 else 2, False, False, -1, b"", -1
+    # The parsed value as canonical text, which the other oracles take.
+    src, dst = (v4_text(v4) if kind == 4 else v6_text(hi << 64 | lo) for kind, v4, hi, lo in ends)
+    src_in, dst_in = (bool(oracle_matches(home_spans, t)) for t in (src, dst))
+    inbound = dst_in and not src_in
+    remote, local = (src, dst) if inbound else (dst, src)
+    found, local_found = oracle_matches(spans, remote), oracle_matches(spans, local)
+    return (0, src_in, inbound, found[0] if found else -1, oracle_country(geo, remote),
+            local_found[0] if local_found else -1)
+
+
+@st.composite
+def flow_texts(draw, n):
+    home_like = st.one_of(st.integers(0x0A000000, 0x0AFFFFFF).map(v4_text), st.just("192.168.1.1"),
+                          st.just("fd00::1"), st.just("::ffff:172.16.0.9"), st.just("[fd12::5%eth0]"))
+    texts = st.one_of(address_texts(), home_like, st.none())
+    return draw(st.lists(texts, min_size=n, max_size=n))
+
+
+@given(networks=signature_networks(), geo=geo_ranges(), data=st.data())
+@HYPOTHESIS
+def test_look_up_ends_matches_oracle(engine_impl, networks, geo, data):
+    sigs = SignatureSet.from_networks(networks)
+    spans = [oracle_span(s.network) for s in sigs]
+    home_sigs = SignatureSet.from_networks(HOME)
+    home_spans = [oracle_span(s.network) for s in home_sigs]
+    engine = Engine(sigs, make_geo(geo), impl=impl_name(engine_impl))
+    home = Engine(home_sigs, impl=impl_name(engine_impl))
+    n = data.draw(st.integers(0, 200))  # more than a native block of rows
+    src, dst = data.draw(flow_texts(n)), data.draw(flow_texts(n))
+    # Text types that differ between the two columns, and chunked columns.
+    src_array = pa.array(src, data.draw(st.sampled_from([pa.string(), pa.large_string()])))
+    dst_array = pa.array(dst, data.draw(st.sampled_from([pa.string(), pa.binary()])))
+    if n > 3 and data.draw(st.booleans()):
+        src_array = pa.chunked_array([src_array[:n // 3], src_array[n // 3:]])
+    got = engine.look_up_ends(home, src_array, dst_array)
+    want = [oracle_ends(spans, home_spans, geo, s, d) for s, d in zip(src, dst)]
+    columns = list(zip(*want)) or [()] * 6
+    assert got.bad.tolist() == list(columns[0])
+    assert got.src_home.tolist() == list(columns[1])
+    assert got.inbound.tolist() == list(columns[2])
+    assert got.remote.signature.tolist() == list(columns[3])
+    assert got.remote.country.tolist() == list(columns[4])
+    assert got.local_sig.tolist() == list(columns[5])
+    assert got.remote.valid.tolist() == [b == 0 for b in columns[0]]
+
+
+def test_look_up_ends_checks_its_input(engine_impl):
+    engine = small_engine(impl_name(engine_impl))
+    home = Engine(SignatureSet.from_networks(HOME), impl=impl_name(engine_impl))
+    with pytest.raises(ValueError, match="differ in length"):
+        engine.look_up_ends(home, pa.array(["1.2.3.4"]), pa.array([]))
+    # Decreasing offsets (pyarrow's cheap validation lets them through): an InputError.
+    data = pa.py_buffer(b"1.2.3.410.0.0.1")
+
+    def arrow(offsets):
+        return pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array(offsets, np.int32).tobytes()), data])
+
+    bad, good = arrow([0, 9, 7]), arrow([0, 7, 15])
+    for src, dst in ((bad, good), (good, bad)):
+        with pytest.raises(InputError, match="offsets"):
+            engine.look_up_ends(home, src, dst)
+    # The native entry point itself checks every offset against its buffer.
+    raw = np.frombuffer(b"1.2.3.410.0.0.1", np.uint8)
+    outputs = (np.zeros(2, np.uint8), np.zeros(2, np.uint8), np.zeros(2, np.uint8), np.zeros(2, np.int32),
+               np.zeros(2, np.uint16), np.zeros(2, np.int32))
+    ok = (np.array([0, 7, 15], np.int64), raw, None, 0)
+    for offsets in ([0, 7, 99], [-1, 7, 15], [0, 7, 16]):
+        broken = (np.array(offsets, np.int64), raw, None, 0)
+        for src, dst in ((broken, ok), (ok, broken)):
+            with pytest.raises(ValueError, match="offsets"):
+                engine_impl.look_up_ends(engine._tables, home._tables, *src, *dst, *outputs)
+    got = engine.look_up_ends(home, good, good[::-1])
+    assert got.inbound.tolist() == [True, False] and got.remote.signature.tolist() == [1, 1]
+
+
 # --------------------------------------------------------------------------- save / load
 
 

@@ -142,3 +142,30 @@ def test_scan_paths_columnar_output_equals_object_output(tmp_path):
     assert outputs[0] == outputs[1]
     assert outputs[0].count("\n") == sum(stats[0]["findings"].values()) > 100
     assert stats[0] == stats[1]
+
+
+def test_writer_on_files_keeps_the_order_of_text_and_columnar_writes(tmp_path):
+    # A UTF-8 file gets the rendered bytes straight into its buffer; other encodings get text.
+    batch = pa.record_batch([pa.array(["10.0.0.1", "fe80::1%é"]), pa.array(["45.9.148.2", "185.220.101.7"]),
+                             pa.array([5000, None], pa.int32()), pa.array([443, 80], pa.int32()), pa.array(["tcp", "udp"]),
+                             pa.array([None, None], pa.timestamp("us", tz="UTC")), pa.array([1, 2], pa.int64())],
+                            schema=BATCH_SCHEMA)
+    flow = evaluate_flow_columns(batch, _evaluator(), home_engine_for(), "flöws.csv")
+    findings = flow.findings()
+    assert len(findings) == 2
+    for fmt in ("jsonl", "text"):
+        expected = io.StringIO()
+        writer = FindingWriter(expected, fmt)
+        writer.write(findings[1])
+        writer.write_all(findings)
+        writer.write(findings[0])
+        for encoding in ("utf-8", "UTF8", "latin-1", "utf-16"):
+            path = tmp_path / f"{fmt}-{encoding}"
+            with open(path, "w", encoding=encoding) as handle:
+                writer = FindingWriter(handle, fmt)
+                writer.write(findings[1])
+                writer.write_flow_findings(flow)
+                writer.write(findings[0])
+                writer.flush()
+                assert writer.written == 4
+            assert path.read_text(encoding=encoding) == expected.getvalue(), (fmt, encoding)

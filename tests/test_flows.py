@@ -393,7 +393,8 @@ def test_cli_event_types_and_columns(tmp_path, c2_evaluator):
     assert code == 1 and got == expected_findings(flows, c2)
 
 
-def test_cli_flows_goes_on_counting_when_the_reader_goes_away(tmp_path, c2_evaluator):
+@pytest.mark.parametrize("fmt", ["text", "jsonl"])
+def test_cli_flows_goes_on_counting_when_the_reader_goes_away(tmp_path, c2_evaluator, fmt):
     """`connscan flows ... | head -1`: the scan is not cut short and exits by its findings."""
     import os
     import subprocess
@@ -407,14 +408,14 @@ def test_cli_flows_goes_on_counting_when_the_reader_goes_away(tmp_path, c2_evalu
     stats = tmp_path / "stats.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "connscan", "flows", "--iocs", str(iocs), "--relevant-countries", "",
+        [sys.executable, "-m", "connscan", "flows", "--iocs", str(iocs), "--relevant-countries", "", "--format", fmt,
          "--stats", str(stats), "--progress", "never", str(log)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     first = proc.stdout.readline()
     proc.stdout.close()  # the reader goes away after one line
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 1, err  # Alert findings, not a crash (4)
-    assert "MODULE: ProcessConnections" in first
+    assert "MODULE: ProcessConnections" in first if fmt == "text" else json.loads(first)["module"] == "ProcessConnections"
     assert "Traceback" not in err and "output closed by the reader" in err
     assert json.loads(stats.read_text())["records_scanned"] == len(flows) * 20
 

@@ -214,3 +214,38 @@ def parse_text(offsets, data, validity, bit_offset, kind, v4, hi, lo) -> None:
             text = ""
         kind[i], v4[i], hi[i], lo[i] = parse_one(text)
 
+
+
+def look_up_ends(tables: Tables, home: Tables, src_offsets, src_data, src_validity, src_bit,
+                 dst_offsets, dst_data, dst_validity, dst_bit,
+                 bad, src_home, inbound, remote_sig, remote_cc, local_sig) -> None:
+    """Both ends of n flows parsed, looked up in ``home`` and ``tables``, and sorted into
+    local and remote (the destination is local only when it alone is home); ``bad`` 1/2
+    marks a source/destination that is not an address."""
+    n = len(src_offsets) - 1
+    if len(dst_offsets) != n + 1 or not all(len(a) == n for a in (bad, src_home, inbound, remote_sig, remote_cc, local_sig)):
+        raise ValueError("flow end arrays do not match the offsets")
+    ends = []
+    for offsets, data, validity, bit in ((src_offsets, src_data, src_validity, src_bit),
+                                         (dst_offsets, dst_data, dst_validity, dst_bit)):
+        parsed = [np.zeros(n, np.uint8), np.zeros(n, np.uint32), np.zeros(n, np.uint64), np.zeros(n, np.uint64)]
+        parse_text(offsets, data, validity, bit, *parsed)
+        ends.append(list(zip(*(column.tolist() for column in parsed))))
+
+    def value(t, kind, v4, hi, lo):
+        return t.v4(v4) if kind == 4 else t.v6(hi, lo)
+
+    for i, (s, d) in enumerate(zip(*ends)):
+        if s[0] == 0 or d[0] == 0:
+            bad[i] = 1 if s[0] == 0 else 2
+            src_home[i] = inbound[i] = 0
+            remote_sig[i] = local_sig[i] = -1
+            remote_cc[i] = 0
+            continue
+        bad[i] = 0
+        src_in, dst_in = value(home, *s)[0] >= 0, value(home, *d)[0] >= 0
+        flip = dst_in and not src_in
+        src_value, dst_value = value(tables, *s), value(tables, *d)
+        src_home[i], inbound[i] = src_in, flip
+        remote_sig[i], remote_cc[i] = dst_value if not flip else src_value
+        local_sig[i] = (src_value if not flip else dst_value)[0]

@@ -74,6 +74,20 @@ class LookupResult:
 
 
 @dataclass
+class FlowEndLookup:
+    """Both ends of flows looked up (``Engine.look_up_ends``): ``bad`` uint8 (0; 1/2 the
+    source/destination is not an address), ``src_home`` and ``inbound`` bool (only the
+    destination is home: it is then the local end), ``remote`` the remote ends'
+    LookupResult, ``local_sig`` the local ends' signature (-1 none)."""
+
+    bad: np.ndarray
+    src_home: np.ndarray
+    inbound: np.ndarray
+    remote: LookupResult
+    local_sig: np.ndarray
+
+
+@dataclass
 class ParsedAddresses:
     """A parsed text column: ``kind`` uint8 (0 invalid, 4, 6), ``v4`` uint32, ``hi``/``lo`` uint64."""
 
@@ -160,6 +174,18 @@ def _each_chunk(strings, work) -> None:
         except ValueError as exc:
             raise InputError(f"corrupt Arrow string array: {exc}") from None
         position = end
+
+
+def _single_chunk(strings, wide: bool = False):
+    """The Arrow buffers (_chunk_buffers) of ``strings`` as one array; ``wide``: 64-bit offsets."""
+    import pyarrow as pa
+
+    chunks = _string_chunks(strings)
+    if wide or len(chunks) != 1:
+        chunks = [chunk.cast(pa.large_binary()) for chunk in chunks]
+    if len(chunks) != 1:
+        chunks = [pa.chunked_array(chunks, pa.large_binary()).combine_chunks()]
+    return _chunk_buffers(chunks[0])
 
 
 def parse_addresses(strings, impl=None) -> ParsedAddresses:
@@ -464,6 +490,28 @@ class Engine:
                                  _as_uint(parsed.hi, np.uint64, "hi"),
                                  _as_uint(parsed.lo, np.uint64, "lo"), sig, country.view(np.uint16))
         return LookupResult(sig, country, valid=kind != 0, is_ipv4=kind == 4)
+
+    def look_up_ends(self, home: "Engine", src, dst) -> FlowEndLookup:
+        """Flows' source and destination text (pyarrow string arrays of equal length)
+        parsed and looked up in one native pass: in ``home`` (the home networks, which pick
+        the local end) and in this engine."""
+        n = len(src)
+        if len(dst) != n:
+            raise ValueError(f"source and destination differ in length ({n} != {len(dst)})")
+        if home._impl is not self._impl:
+            raise ValueError("the home engine uses another implementation")
+        src_text, dst_text = _single_chunk(src), _single_chunk(dst)
+        if src_text[0].dtype != dst_text[0].dtype:  # one offset width for both
+            src_text, dst_text = _single_chunk(src, wide=True), _single_chunk(dst, wide=True)
+        bad, src_home, inbound = np.empty(n, np.uint8), np.empty(n, bool), np.empty(n, bool)
+        local_sig = np.empty(n, np.int32)
+        sig, country = self._result(n)
+        try:
+            self._impl.look_up_ends(self._tables, home._tables, *src_text, *dst_text, bad, src_home.view(np.uint8),
+                                    inbound.view(np.uint8), sig, country.view(np.uint16), local_sig)
+        except ValueError as exc:
+            raise InputError(f"corrupt Arrow string array: {exc}") from None
+        return FlowEndLookup(bad, src_home, inbound, LookupResult(sig, country, valid=bad == 0), local_sig)
 
     def lookup(self, addrs) -> LookupResult:
         """Look up address text: list/ndarray of str, pyarrow (Large)String array or ChunkedArray."""

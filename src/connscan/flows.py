@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connscan.engine import LookupResult
 from connscan.errors import ConfigError, ConnscanError, InputError
 from connscan.output import Stats
 from connscan.sources import FORMATS, FlowSource, ReaderOptions, SourceAccount, open_source
@@ -151,39 +152,29 @@ class FlowEnds:
 
 def look_up_ends(batch, engine, home_engine) -> FlowEnds:
     """Parse both address columns, look them up in ``engine`` and ``home_engine``, and
-    choose the local and remote side of each flow."""
-    from connscan.engine import LookupResult, parse_addresses
-
+    choose the local and remote side of each flow (one native pass: Engine.look_up_ends)."""
     batch = _as_batch(batch)
     rejects: list = []
     if batch.num_rows == 0:
         return FlowEnds(batch, rejects)
     src, dst = batch.column("src"), batch.column("dst")
-    src_parsed, dst_parsed = parse_addresses(src), parse_addresses(dst)
-    src_ok, dst_ok = src_parsed.kind != 0, dst_parsed.kind != 0
-    valid = src_ok & dst_ok
-    if not valid.all():
+    ends = engine.look_up_ends(home_engine, src, dst)
+    src_home, inbound, remote, local_sig = ends.src_home, ends.inbound, ends.remote, ends.local_sig
+    bad_rows = np.flatnonzero(ends.bad)
+    if len(bad_rows):
         rows = batch.column("row").to_numpy(zero_copy_only=False)
-        for i in np.flatnonzero(~valid):
-            reason = "invalid source address" if not src_ok[i] else "invalid destination address"
+        for i, side in zip(bad_rows.tolist(), ends.bad[bad_rows].tolist()):
+            reason = "invalid source address" if side == 1 else "invalid destination address"
             rejects.append((int(rows[i]), reason, f"src={src[i].as_py()!r} dst={dst[i].as_py()!r}"))
+        valid = ends.bad == 0
         batch = batch.filter(pa.array(valid))
-        src_parsed = _take_parsed(src_parsed, valid)
-        dst_parsed = _take_parsed(dst_parsed, valid)
         if batch.num_rows == 0:
             return FlowEnds(batch, rejects)
-    # Only what the rules need is kept: batches wait in a queue, and memory is bounded.
-    src_home = np.asarray(home_engine.lookup_parsed(src_parsed).signature) >= 0
-    dst_home = np.asarray(home_engine.lookup_parsed(dst_parsed).signature) >= 0
-    inbound = dst_home & ~src_home  # only then is the destination the local side
-    src_found, dst_found = engine.lookup_parsed(src_parsed), engine.lookup_parsed(dst_parsed)
-    remote = LookupResult(*(np.where(inbound, a, b) for a, b in (
-        (src_found.signature, dst_found.signature), (src_found.country, dst_found.country), (src_found.valid, dst_found.valid))))
+        src_home, inbound, local_sig = src_home[valid], inbound[valid], local_sig[valid]
+        remote = LookupResult(remote.signature[valid], remote.country[valid], remote.valid[valid])
     sport, dport = (_port_numbers(batch.column(name)) for name in ("sport", "dport"))
-    return FlowEnds(
-        batch, rejects, src_home, inbound, remote, np.where(inbound, dst_found.signature, src_found.signature),
-        np.where(inbound, dport, sport), np.where(inbound, sport, dport),
-    )
+    return FlowEnds(batch, rejects, src_home, inbound, remote, local_sig,
+                    np.where(inbound, dport, sport), np.where(inbound, sport, dport))
 
 
 def evaluate_ends(ends: FlowEnds, evaluator, file: str | None) -> FlowFindings | None:
@@ -233,12 +224,6 @@ _FIRST_US, _LAST_US = ((moment - _EPOCH) // timedelta(microseconds=1) for moment
 def _port_numbers(column) -> np.ndarray:
     """int64 port numbers, -1 for unknown (null) ones."""
     return pc.fill_null(column, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-
-
-def _take_parsed(parsed, mask):
-    from connscan.engine import ParsedAddresses
-
-    return ParsedAddresses(parsed.kind[mask], parsed.v4[mask], parsed.hi[mask], parsed.lo[mask])
 
 
 def aggregate(findings: Iterable) -> list:

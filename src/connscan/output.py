@@ -14,6 +14,7 @@ only ``": "`` in a line are the ones after field names.
 """
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
@@ -275,26 +276,34 @@ class _GroupPieces:
     and "reasons"; in text lines the level to MESSAGE and SCORE to the last reason."""
 
     def __init__(self):
-        self._known: dict[tuple, tuple[tuple, bytes, bytes]] = {}
+        self._known: dict[tuple, dict[int, tuple[tuple, bytes, bytes]]] = {}
 
-    def get(self, fmt: str, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
-        key = (fmt, hostname, id(outcome))
-        known = self._known.get(key)
-        if known is None:
-            if len(self._known) > 20_000:
-                self._known.clear()  # bound memory on long runs
-            score, level, message, listed = outcome
-            if fmt == "jsonl":
-                out: list[str] = []
-                _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
-                            (hostname, level, "ProcessConnections", message, score))
-                head, tail = "".join(out), ',"reasons":' + _json([r.to_dict() for r in listed])
-            else:
-                head = f"{level}:" + _text_pairs((("MODULE", "ProcessConnections"), ("MESSAGE", message)))
-                tail = _text_pairs(_score_fields(score, listed))
+    def of(self, fmt: str, hostname: str, outcomes: list) -> tuple[list[bytes], list[bytes]]:
+        """The first and second piece of each outcome."""
+        known = self._known.setdefault((fmt, hostname), {})
+        keys = list(map(id, outcomes))
+        missing = [outcome for outcome, key in zip(outcomes, keys) if key not in known]
+        if len(known) + len(missing) > 20_000:
+            known.clear()  # bound memory on long runs
+            missing = outcomes
+        for outcome in missing:
             # The entry holds the outcome, so its id stays its own while cached.
-            known = self._known[key] = (outcome, head.encode(), tail.encode())
-        return known[1], known[2]
+            known[id(outcome)] = (outcome, *self._make(fmt, hostname, outcome))
+        entries = list(map(known.__getitem__, keys))
+        return [entry[1] for entry in entries], [entry[2] for entry in entries]
+
+    @staticmethod
+    def _make(fmt: str, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
+        score, level, message, listed = outcome
+        if fmt == "jsonl":
+            out: list[str] = []
+            _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
+                        (hostname, level, "ProcessConnections", message, score))
+            head, tail = "".join(out), ',"reasons":' + _json([r.to_dict() for r in listed])
+        else:
+            head = f"{level}:" + _text_pairs((("MODULE", "ProcessConnections"), ("MESSAGE", message)))
+            tail = _text_pairs(_score_fields(score, listed))
+        return head.encode(), tail.encode()
 
 
 def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None, impl=None) -> str:
@@ -302,11 +311,15 @@ def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None, impl=N
     to those of its Finding objects: one renderer call (connscan._render_*) over the
     columns, with the per-group pieces (level, message, score, reasons) encoded once.
     ``impl``: the renderer module (default: the compiled one when available)."""
+    return _json_lines_utf8(flow, pieces, impl).decode()
+
+
+def _json_lines_utf8(flow, pieces: _GroupPieces | None = None, impl=None) -> bytes:
     render = impl or _native.load("render")
     flagged = flow.flagged
     table = flagged.table
     pieces = pieces or _GroupPieces()
-    heads, reasons = zip(*(pieces.get("jsonl", flagged.hostname, outcome) for outcome in flagged.outcomes))
+    heads, reasons = pieces.of("jsonl", flagged.hostname, flagged.outcomes)
     # Direction: few distinct values, and "unknown" for null or empty ones.
     direction = pc.dictionary_encode(table.column("direction")).combine_chunks()
     directions = [_field_text(',"direction":', value or "unknown").encode() for value in direction.dictionary.to_pylist()]
@@ -327,18 +340,23 @@ def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None, impl=N
         (render.TIMESTAMP, b',"start":"', b'"', flow.start_us, flow.start_valid),
         (render.LITERAL, b"}"),
     ]
-    return render.render_lines(len(flagged), segments).decode()
+    return render.render_lines(len(flagged), segments)
 
 
 def text_lines_of_flow_findings(flow, tag: str = "connscan", hostname: str | None = None, host_ip: str | None = None,
                                 pieces: _GroupPieces | None = None, impl=None) -> str:
     """The THOR text lines of a flows.FlowFindings (as format_text_line writes its Finding
     objects, each ending in a newline), in one renderer call like json_lines_of_flow_findings."""
+    return _text_lines_utf8(flow, tag, hostname, host_ip, pieces, impl).decode()
+
+
+def _text_lines_utf8(flow, tag: str = "connscan", hostname: str | None = None, host_ip: str | None = None,
+                     pieces: _GroupPieces | None = None, impl=None) -> bytes:
     render = impl or _native.load("render")
     flagged = flow.flagged
     table = flagged.table
     pieces = pieces or _GroupPieces()
-    heads, tails = zip(*(pieces.get("text", flagged.hostname, outcome) for outcome in flagged.outcomes))
+    heads, tails = pieces.of("text", flagged.hostname, flagged.outcomes)
     lip = table.column("lip")
     line_start = f"{_thor_time(flagged.time)} {escape_value(hostname or flagged.hostname)}/"
     tag_text = f" {escape_value(tag)}: "
@@ -361,10 +379,35 @@ def text_lines_of_flow_findings(flow, tag: str = "connscan", hostname: str | Non
         _country_segment(render, flagged.country, lambda code: _text_pairs((("COUNTRY", code),))),
         (render.PIECE, tails, flagged.group),
     ]
-    return render.render_lines(len(flagged), segments).decode()
+    return render.render_lines(len(flagged), segments)
 
 
 _WRITE_PIECE = io.DEFAULT_BUFFER_SIZE // 4  # characters per stream write, at most a buffer in UTF-8 (see _emit)
+
+
+def _write_raw(buffer, data: memoryview) -> memoryview:
+    """Write ``data`` with the unbuffered writes of the file under ``buffer``, looping over
+    short ones: few large writes, and BrokenPipeError once the reader has gone. Returns
+    what is left to write: nothing, or all that follows a write that would block (a
+    non-blocking file) or all of it when there is no such file."""
+    raw = getattr(buffer, "raw", None)
+    if not isinstance(raw, io.FileIO):
+        return data
+    while len(data):
+        count = raw.write(data)
+        if count is None:
+            break
+        data = data[count:]
+    return data
+
+
+def _utf8_buffer(stream):
+    """The byte stream under a UTF-8 text stream (None for others, e.g. StringIO)."""
+    buffer, encoding = getattr(stream, "buffer", None), getattr(stream, "encoding", None)
+    try:
+        return buffer if buffer is not None and codecs.lookup(encoding).name == "utf-8" else None
+    except (LookupError, TypeError):
+        return None
 
 
 class FindingWriter:
@@ -380,6 +423,7 @@ class FindingWriter:
         self.reader_gone = False
         self._json_lines = _JsonLines()
         self._group_pieces = _GroupPieces()
+        self._utf8_buffer = _utf8_buffer(stream)
 
     def write(self, finding: Finding) -> None:
         if self.fmt == "jsonl":
@@ -407,29 +451,37 @@ class FindingWriter:
             self.write_all(flow.findings())
             return
         if self.fmt == "jsonl":
-            text = json_lines_of_flow_findings(flow, self._group_pieces)
+            data = _json_lines_utf8(flow, self._group_pieces)
         else:
-            text = text_lines_of_flow_findings(flow, self.tag, self.hostname, self.host_ip, self._group_pieces)
-        if self._emit(text):  # one write per batch
+            data = _text_lines_utf8(flow, self.tag, self.hostname, self.host_ip, self._group_pieces)
+        if self._emit(data):  # one write per batch
             self.written += len(flow)
 
     def flush(self) -> None:
         if not self.reader_gone:
             self._emit("")
 
-    def _emit(self, text: str) -> bool:
-        """Write ``text``; False once the reader has gone (`| head`), so a scan goes on
-        counting and exits by its findings instead of dying half-way."""
+    def _emit(self, text: str | bytes) -> bool:
+        """Write ``text`` (or UTF-8 bytes); False once the reader has gone (`| head`), so a
+        scan goes on counting and exits by its findings instead of dying half-way."""
         if self.reader_gone:
             return False
+        stream = self.stream
         try:
+            if isinstance(text, bytes):
+                if self._utf8_buffer is None:
+                    text = text.decode()
+                else:  # straight to the bytes: no decoding and encoding again
+                    stream.flush()  # what was written as text goes first
+                    stream = self._utf8_buffer
+                    text = _write_raw(stream, memoryview(text))  # what it could not write
             # In pieces no larger than a stream buffer: a larger write that the reader leaves
             # half-done comes back short with no error (CPython's BufferedWriter), and
             # TextIOWrapper ignores the count; a buffered piece raises BrokenPipeError.
             for start in range(0, len(text), _WRITE_PIECE):
-                self.stream.write(text[start:start + _WRITE_PIECE])
+                stream.write(text[start:start + _WRITE_PIECE])
             if not text:
-                self.stream.flush()
+                stream.flush()
             return True
         except BrokenPipeError:
             self.reader_gone = True
