@@ -134,6 +134,7 @@ def workload(tmp_path_factory):
 
 
 def _pyarrow_read(path: Path, columns: list[str], **parse) -> float:
+    parse = dict(parse)  # called twice with the same options
     start = time.perf_counter()
     table = pacsv.read_csv(
         path,
@@ -223,6 +224,7 @@ def test_zeek_scan_vs_pyarrow_read(benchmark, workload, tmp_path):
     parse = {"delimiter": "\t", "quote_char": False, "read": {"skip_rows": 8, "column_names": names}}
     baseline = _pyarrow_read(zeek, columns, **parse)
     seconds, rows, found = benchmark.pedantic(_scan, args=(engine, zeek, tmp_path / "out.jsonl"), rounds=1, iterations=1)
+    baseline = min(baseline, _pyarrow_read(zeek, columns, **parse))
     _report("Zeek conn.log", seconds, baseline, rows, zeek.stat().st_size, found)
     benchmark.extra_info.update({"rows": rows, "findings": found, "scan_s": round(seconds, 3), "pyarrow_read_s": round(baseline, 3),
                                  "ratio": round(seconds / baseline, 2)})

@@ -535,6 +535,25 @@ def test_save_load_round_trip(engine_impl, tmp_path):
         Engine.load(path, expected_sha256="0" * 64, impl=impl)
 
 
+@given(networks=signature_networks())
+@HYPOTHESIS
+def test_saved_signatures_answer_as_the_set(networks, tmp_path_factory):
+    """What the rules ask of the signatures (bounds, rule columns) survives a save/load."""
+    sigs = SignatureSet.from_networks(networks)
+    sigs += SignatureSet.from_networks(networks[:3], kind="allowlist")
+    path = tmp_path_factory.mktemp("saved") / "engine.cstab"
+    Engine(sigs).save(path)
+    loaded = Engine.load(path).signatures
+    assert [loaded.bounds(i) for i in range(len(sigs))] == [sigs.bounds(i) for i in range(len(sigs))]
+    for got, want in zip(loaded.rule_columns(), sigs.rule_columns()):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype
+    # and independently of the set: the text's own range
+    for i, signature in enumerate(sigs):
+        version, first, last, is_range = loaded.bounds(i)
+        assert (version, first, last) == oracle_span(signature.network) and is_range == ("-" in signature.network)
+
+
 def test_empty_engine_round_trip(engine_impl, tmp_path):
     impl = impl_name(engine_impl)
     path = tmp_path / "empty.cstab"
@@ -610,6 +629,11 @@ BAD_TABLES = {
     "missing": _replace("v6_value", None),
     "signature text offsets": _set("sig_network_offsets", 1, 10**6),
     "signature code": _set("sig_source_code", 0, 99),
+    "signature range index": _set("sig_v4_index", 0, 77),
+    "signature range twice": _set("sig_v4_index", 0, 1),
+    "signature range reversed": _set("sig_v4_end", 0, 0),
+    "signature range v6 reversed": _set("sig_v6_end_hi", 0, 0),
+    "signature range dtype": _replace("sig_v6_index", np.zeros(1, np.int64)),
 }
 
 

@@ -169,3 +169,30 @@ def test_writer_on_files_keeps_the_order_of_text_and_columnar_writes(tmp_path):
                 writer.flush()
                 assert writer.written == 4
             assert path.read_text(encoding=encoding) == expected.getvalue(), (fmt, encoding)
+
+
+def test_a_saved_engine_flags_exactly_what_the_fresh_one_does(tmp_path):
+    # Nested and overlapping signatures (the real lists' case): the rules then ask the
+    # signatures for their bounds, which a loaded engine answers from its file.
+    networks = ["45.9.0.0/16", "45.9.148.0/24", "45.9.148.7", "45.9.148.5-45.9.149.20", "2a0e::/16",
+                "2a0e:fe40::/32", "91.92.240.12", "91.92.0.0/16"]
+    sigs = SignatureSet.from_networks(networks, description="c2")
+    sigs += SignatureSet.from_networks(["45.9.148.9", "91.92.7.0/24"], kind="allowlist")
+    fresh = Engine(sigs, GEO)
+    fresh.save(tmp_path / "engine.cstab")
+    loaded = Engine.load(tmp_path / "engine.cstab")
+    rng = np.random.default_rng(7)
+    remote = [f"45.9.{rng.integers(147, 150)}.{rng.integers(0, 256)}" for _ in range(300)]
+    remote += [f"91.92.{rng.integers(0, 256)}.{rng.integers(0, 256)}" for _ in range(100)]
+    remote += [f"2a0e:fe{rng.integers(30, 50):02x}::{rng.integers(1, 999)}" for _ in range(100)]
+    n = len(remote)
+    batch = pa.record_batch([pa.array(["10.0.0.1"] * n), pa.array(remote), pa.array(rng.integers(1024, 65535, n), pa.int32()),
+                             pa.array(rng.choice([443, 4444, 8080], n), pa.int32()), pa.array(["tcp"] * n),
+                             pa.array([None] * n, pa.timestamp("us", tz="UTC")), pa.array(np.arange(1, n + 1), pa.int64())],
+                            schema=BATCH_SCHEMA)
+    found = []
+    for engine in (fresh, loaded):
+        flow = evaluate_flow_columns(batch, Evaluator(engine, hostname="h"), home_engine_for(), "f.csv")
+        found.append([replace(f, time=None) for f in flow.findings()])
+    assert len(found[0]) > n // 2
+    assert found[0] == found[1]

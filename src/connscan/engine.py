@@ -642,6 +642,7 @@ class SavedSignatures:
     def __init__(self, texts, codes, score, port, ranges):
         self._texts, self._codes, self._score, self._port = texts, codes, score, port
         self._ranges = ranges
+        self._where = None  # bounds(): each signature's position in the ranges
         self.domains: list = []
         self.warnings: list[str] = []
 
@@ -666,6 +667,30 @@ class SavedSignatures:
 
     def v6_ranges(self):
         return self._ranges[3:]
+
+    def bounds(self, index: int) -> tuple[int, int, int, bool]:
+        """(IP version, first address, last address as ints, whether it is a range "a-b")."""
+        if self._where is None:  # each signature's range, from the ranges' signature indices
+            where = np.full(len(self), -1, np.int64)
+            v4_index, v6_index = self._ranges[2], self._ranges[7]
+            where[v4_index] = np.arange(len(v4_index))
+            where[v6_index] = len(v4_index) + np.arange(len(v6_index))
+            self._where = where
+        index = range(len(self))[index]
+        pos = int(self._where[index])
+        is_range = "-" in self._texts["network"][self._codes["network"][index]]
+        v4_count = len(self._ranges[2])
+        if pos < v4_count:
+            return 4, int(self._ranges[0][pos]), int(self._ranges[1][pos]), is_range
+        hi, lo, end_hi, end_lo = (int(column[pos - v4_count]) for column in self._ranges[3:7])
+        return 6, hi << 64 | lo, end_hi << 64 | end_lo, is_range
+
+    def rule_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(kind uint8 index into signatures.KINDS, score int8, port int32 -1 for none)."""
+        from connscan.signatures import KINDS
+
+        kind_of_text = np.array([KINDS.index(text) if text in KINDS else 255 for text in self._texts["kind"]], np.uint8)
+        return kind_of_text[self._codes["kind"]], self._score.astype(np.int8), self._port
 
 
 def _signatures_from_columns(arrays, n_sig, fail) -> SavedSignatures:
@@ -696,4 +721,18 @@ def _signatures_from_columns(arrays, n_sig, fail) -> SavedSignatures:
     ranges = tuple(arrays.get(f"sig_{name}") for name in _SIGNATURE_RANGES)
     if any(r is None for r in ranges):
         raise fail("signature ranges missing")
+    v4_start, v4_end, v4_index, v6_start_hi, v6_start_lo, v6_end_hi, v6_end_lo, v6_index = ranges
+    v4_ok = (v4_start.dtype == v4_end.dtype == np.uint32 and v4_index.dtype == np.int32
+             and v4_start.ndim == 1 and v4_start.shape == v4_end.shape == v4_index.shape)
+    v6_ok = (all(c.dtype == np.uint64 and c.ndim == 1 and c.shape == v6_index.shape
+                 for c in (v6_start_hi, v6_start_lo, v6_end_hi, v6_end_lo)) and v6_index.dtype == np.int32)
+    if not (v4_ok and v6_ok):
+        raise fail("bad signature ranges")
+    # Each signature has exactly one range, which does not end before it starts.
+    index = np.concatenate([v4_index, v6_index])
+    if (len(index) != n_sig or (n_sig and (index.min() < 0 or index.max() >= n_sig))
+            or np.bincount(index, minlength=n_sig).max(initial=1) != 1
+            or np.any(v4_end < v4_start)
+            or np.any((v6_end_hi < v6_start_hi) | ((v6_end_hi == v6_start_hi) & (v6_end_lo < v6_start_lo)))):
+        raise fail("bad signature ranges")
     return SavedSignatures(texts, codes, numbers["score"], numbers["port"], ranges)
