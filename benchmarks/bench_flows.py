@@ -7,16 +7,17 @@ CI scales down with CONNSCAN_BENCH_FLOW_ROWS (e.g. 200000).
 Signatures: ipsum + FireHOL level4 + Spamhaus DROP + C2-Tracker all.txt (about 270k) and
 DB-IP (embedded). Random public and private addresses, 1% of the flows with a planted C2
 endpoint. Baseline in the same run: ``pyarrow.csv.read_csv`` reading only the address,
-port and protocol columns as strings (multithreaded). Gates on same-run ratios only.
+port and protocol columns as strings (multithreaded). ROUNDS reads and scans interleaved,
+best of each compared; gates on same-run ratios only.
 The scan writes JSON Lines as `connscan flows` does: from the evaluator's columns
 (FlowFindings, FindingWriter.write_flow_findings), no Finding object per row.
-The issue's target, the whole scan with findings written in at most 1.5x that read, is NOT
-met yet (at 1M rows: nfdump about 3x, Zeek about 4.4x, whose pyarrow read is faster; the
-pipeline with rules that flag nothing is already 1.4-1.7x); each test prints whether it is
-met, and the gates below are regression guards at the level reached (nfdump <= 5x,
-Zeek <= 8x, the pipeline without findings <= 2x). Peak
-memory of a separate ``connscan flows`` process (signatures and DB-IP included; sampled
-with psutil) must stay under 500 MB.
+The issue's target, the whole scan with findings written in at most 1.5x that read, is
+NOT met: at 5M rows nfdump 1.3x-2.2x over runs, Zeek 2.1x-3.2x (pyarrow reads the
+smaller Zeek file faster; the scan's cost is mostly per row and per finding, about the
+same for both formats); the pipeline with rules that flag nothing is 0.7x-1.5x. Each test
+prints whether the target is met; the gates are regression guards at the level reached
+(NFDUMP_GUARD, ZEEK_GUARD, QUIET_GUARD). Peak memory of a separate ``connscan flows``
+process (signatures and DB-IP included; sampled with psutil) must stay under 500 MB.
 """
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ import pytest
 
 ROWS = int(os.environ.get("CONNSCAN_BENCH_FLOW_ROWS", "5000000"))
 TARGET_RATIO = 1.5  # issue 4: the scan with findings written vs the pyarrow read
+ROUNDS = 3  # scans and reads, interleaved; the best of each is compared
+# Regression guards (scan/read), with a margin for shared machines over the levels reached
+# (see the docstring): CI runs at 1M rows, where fixed costs weigh more than at 5M.
+NFDUMP_GUARD, ZEEK_GUARD, QUIET_GUARD = 4.0, 6.0, 2.0
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 C2 = SHARED / "c2"
 SIGNATURE_FILES = [
@@ -202,18 +207,32 @@ def _report(name, seconds, baseline, rows, size, found, peak=None):
           f"(target {TARGET_RATIO}x {'met' if seconds <= TARGET_RATIO * baseline else 'NOT met'})")
 
 
+def _scan_vs_read(benchmark, engine, path: Path, out: Path, read) -> tuple[float, float, int, int]:
+    """Best of ROUNDS scans and best of ROUNDS pyarrow reads, interleaved (each scan runs
+    right after a read), so that both sides see the same machine: (scan s, read s, rows,
+    findings written)."""
+    reads, scans = [], []
+
+    def scan():
+        seconds, rows, found = _scan(engine, path, out)
+        scans.append(seconds)
+        return rows, found
+
+    rows, found = benchmark.pedantic(scan, setup=lambda: reads.append(read()), rounds=ROUNDS, iterations=1)
+    return min(scans), min(reads), rows, found
+
+
 def test_nfdump_scan_vs_pyarrow_read(benchmark, workload, tmp_path):
     engine, nfdump, _, _ = workload
-    baseline = _pyarrow_read(nfdump, ["sa", "da", "sp", "dp", "pr"])
-    seconds, rows, found = benchmark.pedantic(_scan, args=(engine, nfdump, tmp_path / "out.jsonl"), rounds=1, iterations=1)
-    baseline = min(baseline, _pyarrow_read(nfdump, ["sa", "da", "sp", "dp", "pr"]))
+    seconds, baseline, rows, found = _scan_vs_read(benchmark, engine, nfdump, tmp_path / "out.jsonl",
+                                                   lambda: _pyarrow_read(nfdump, ["sa", "da", "sp", "dp", "pr"]))
     _report("nfdump CSV", seconds, baseline, rows, nfdump.stat().st_size, found)
     cli_seconds, peak_mb = _cli_peak(nfdump, tmp_path / "cli.jsonl")
     print(f"connscan flows process (loads 270k signatures too): {cli_seconds:.1f} s wall, peak RSS {peak_mb:.0f} MB")
     benchmark.extra_info.update({"rows": rows, "findings": found, "scan_s": round(seconds, 3), "pyarrow_read_s": round(baseline, 3),
                                  "ratio": round(seconds / baseline, 2), "peak_rss_mb": round(peak_mb), "cli_s": round(cli_seconds, 1)})
     assert found > rows // 200  # the planted hits were found
-    assert seconds <= 5.0 * baseline  # regression guard; the 1.5x target is not met yet
+    assert seconds <= NFDUMP_GUARD * baseline  # regression guard; the 1.5x target is not met on every run
     assert peak_mb < 500
 
 
@@ -222,14 +241,13 @@ def test_zeek_scan_vs_pyarrow_read(benchmark, workload, tmp_path):
     columns = ["id.orig_h", "id.resp_h", "id.orig_p", "id.resp_p", "proto"]
     names = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service", "duration", "orig_bytes", "resp_bytes", "conn_state"]
     parse = {"delimiter": "\t", "quote_char": False, "read": {"skip_rows": 8, "column_names": names}}
-    baseline = _pyarrow_read(zeek, columns, **parse)
-    seconds, rows, found = benchmark.pedantic(_scan, args=(engine, zeek, tmp_path / "out.jsonl"), rounds=1, iterations=1)
-    baseline = min(baseline, _pyarrow_read(zeek, columns, **parse))
+    seconds, baseline, rows, found = _scan_vs_read(benchmark, engine, zeek, tmp_path / "out.jsonl",
+                                                   lambda: _pyarrow_read(zeek, columns, **parse))
     _report("Zeek conn.log", seconds, baseline, rows, zeek.stat().st_size, found)
     benchmark.extra_info.update({"rows": rows, "findings": found, "scan_s": round(seconds, 3), "pyarrow_read_s": round(baseline, 3),
                                  "ratio": round(seconds / baseline, 2)})
     assert found > rows // 200
-    assert seconds <= 8.0 * baseline  # regression guard; the 1.5x target is not met yet
+    assert seconds <= ZEEK_GUARD * baseline  # regression guard; the 1.5x target is not met
 
 
 def test_nfdump_pipeline_without_findings(benchmark, workload, tmp_path):
@@ -240,7 +258,7 @@ def test_nfdump_pipeline_without_findings(benchmark, workload, tmp_path):
 
     _, nfdump, _, _ = workload
     quiet = Engine(SignatureSet.from_networks(["192.0.2.1"]), None)
-    baseline = _pyarrow_read(nfdump, ["sa", "da", "sp", "dp", "pr"])
+    reads, scans = [], []
 
     def scan():
         from connscan.flows import home_engine_for, scan_paths
@@ -251,10 +269,12 @@ def test_nfdump_pipeline_without_findings(benchmark, workload, tmp_path):
         start = time.perf_counter()
         run = scan_paths([str(nfdump)], evaluator, home_engine_for(), options=ReaderOptions(tz="UTC"))
         assert run.stats.records_scanned == ROWS
-        return time.perf_counter() - start
+        scans.append(time.perf_counter() - start)
 
-    seconds = benchmark.pedantic(scan, rounds=1, iterations=1)
+    benchmark.pedantic(scan, setup=lambda: reads.append(_pyarrow_read(nfdump, ["sa", "da", "sp", "dp", "pr"])),
+                       rounds=ROUNDS, iterations=1)
+    seconds, baseline = min(scans), min(reads)
     print(f"nfdump CSV, no findings: scan {seconds:.2f} s = {ROWS / seconds / 1e6:.2f} M rows/s; "
           f"pyarrow read {baseline:.2f} s; ratio {seconds / baseline:.2f}")
     benchmark.extra_info.update({"scan_s": round(seconds, 3), "pyarrow_read_s": round(baseline, 3), "ratio": round(seconds / baseline, 2)})
-    assert seconds <= 2.0 * baseline  # regression guard for the pipeline itself
+    assert seconds <= QUIET_GUARD * baseline  # regression guard for the pipeline itself
