@@ -307,6 +307,51 @@ def test_zeek_without_addresses_is_a_clear_error():
         read_all(TEST_DATA / FLOWS / "core.reporter-limit-reached-weird__conn.log")
 
 
+def _zeek_section(fields: list[str], rows: list[dict], separator: str = "\t") -> str:
+    """One Zeek TSV log (header block, rows, #close) with ``fields`` in that order."""
+    escaped = "\\x" + format(ord(separator), "02x")
+    head = [f"#separator {escaped}", f"#set_separator{separator},", f"#empty_field{separator}(empty)",
+            f"#unset_field{separator}-", f"#path{separator}conn", f"#open{separator}2026-01-01-00-00-00",
+            "#fields" + separator + separator.join(fields), "#types" + separator + separator.join("string" for _ in fields)]
+    lines = [separator.join(str(row.get(name, "-")) for name in fields) for row in rows]
+    return "\n".join(head + lines + [f"#close{separator}2026-01-01-01-00-00"]) + "\n"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("block_bytes", [64, 700, 1 << 20])
+def test_concatenated_zeek_logs_are_read_section_by_section(tmp_path, workers, block_bytes, monkeypatch):
+    """`cat` of logs whose headers differ (field order, extra fields, separator): each
+    section with its own fields; row numbers run on across the file; nothing is lost."""
+    from connscan.sources import delimited
+
+    monkeypatch.setattr(delimited, "SPLIT_WORKERS", workers)
+    rng = np.random.default_rng(5)
+
+    def rows(n):
+        return [{"ts": f"{1767225600 + i}.5", "uid": f"C{i}", "id.orig_h": str(ipaddress.IPv4Address(int(rng.integers(1, 2**32)))),
+                 "id.orig_p": int(rng.integers(0, 65536)), "id.resp_h": str(ipaddress.IPv6Address(int(rng.integers(1, 2**63)) << 64)),
+                 "id.resp_p": int(rng.integers(0, 65536)), "proto": str(rng.choice(["tcp", "udp"])), "service": "-"} for i in range(n)]
+
+    standard = ["ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service"]
+    reordered = ["uid", "id.resp_p", "id.resp_h", "proto", "extra", "id.orig_p", "id.orig_h", "ts"]
+    sections = [(standard, rows(30), "\t"), (reordered, rows(25), "\t"), (standard, rows(1), "\t"),
+                (standard, rows(0), "\t"), (reordered, rows(20), "|"), (standard, rows(12), "\t")]
+    path = tmp_path / "all-conn.log"
+    path.write_text("".join(_zeek_section(fields, data, sep) for fields, data, sep in sections))
+    expected = [row for _, data, _ in sections for row in data]
+
+    fmt, table, account = read_all(path, options=ReaderOptions(block_bytes=block_bytes, batch_rows=16))
+    assert fmt == "zeek-tsv"
+    assert table.column("row").to_pylist() == list(range(1, len(expected) + 1))
+    assert table.column("src").to_pylist() == [row["id.orig_h"] for row in expected]
+    assert table.column("dst").to_pylist() == [row["id.resp_h"] for row in expected]
+    assert table.column("sport").to_pylist() == [row["id.orig_p"] for row in expected]
+    assert table.column("dport").to_pylist() == [row["id.resp_p"] for row in expected]
+    assert table.column("proto").to_pylist() == [row["proto"] for row in expected]
+    assert table.column("start").cast(pa.int64()).to_pylist() == [int(float(row["ts"]) * 1e6) for row in expected]
+    assert account.records_read == len(expected) and accounted(account) and not account.rejected
+
+
 def test_every_zeek_btest_baseline(shared_data):
     """Each of the 211 files: read completely, or refused with a reason naming the columns."""
     read = refused = 0

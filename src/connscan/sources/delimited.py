@@ -8,6 +8,7 @@ footer.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,16 @@ class Layout:
     roles: dict[str, str] | None = None  # wanted column -> role name, for reject reasons
 
 
+class LayoutChange(Exception):
+    """A line (``parse``'s ``restart``) says the lines from it on have another layout:
+    ``rest`` holds the bytes from that line to the end, ``records`` the data records
+    before it (what the next section's row numbers follow)."""
+
+    def __init__(self, rest: Iterator[bytes], records: int = 0):
+        super().__init__("layout change")
+        self.rest, self.records = rest, records
+
+
 @dataclass
 class Block:
     table: pa.Table  # the wanted columns, one row per valid record
@@ -61,6 +72,9 @@ def parse(
     impl: str | None = None,
     join_rows: int = 0,
     workers: int | None = None,
+    blocks: Iterator[bytes] | None = None,
+    first_row: int = 0,
+    restart: Callable[[str], bool] | None = None,
 ) -> Iterator[Block]:
     """Parse ``data`` (after its first ``skip_bytes`` header bytes) block by block.
 
@@ -71,46 +85,58 @@ def parse(
     splitting blocks ahead of this one (default SPLIT_WORKERS); quoted ones through
     pyarrow's CSV parser. Consecutive blocks are joined while they stay within
     ``join_rows`` rows (fewer, bigger batches downstream); 0 yields one Block per block read.
+
+    ``blocks``: the bytes to read instead of ``data``'s (a later section of it), whose row
+    numbers follow ``first_row``. ``restart(comment text)`` (unquoted layouts): True when
+    that comment line starts another layout (a Zeek header block in a concatenation of
+    logs); the records before it are yielded, then LayoutChange is raised.
     """
-    blocks = _skip_prefix(data.blocks(block_bytes), skip_bytes)
+    blocks = _skip_prefix(data.blocks(block_bytes) if blocks is None else blocks, skip_bytes)
     if layout.quoting:
         parts = _arrow_blocks(blocks, layout, block_bytes, classify, comment)
     else:
         flowparse = _native.load("flowparse", impl)
-        parts = _native_blocks(blocks, layout, classify, comment, flowparse, SPLIT_WORKERS if workers is None else workers)
-    base = 0
+        parts = _native_blocks(blocks, layout, classify, comment, flowparse, SPLIT_WORKERS if workers is None else workers,
+                               restart)
+    base = first_row  # data records so far
     joined: list[Block] = []  # blocks waiting to be yielded as one
     joined_rows = 0
-    for table, n_lines, invalid in parts:
-        if not invalid:
-            rows = np.arange(base + 1, base + n_lines + 1, dtype=np.int64)
-            base += n_lines
-        else:
-            is_record = np.ones(n_lines, bool)
-            is_valid = np.ones(n_lines, bool)
-            for index, kind, _, _ in invalid:
-                is_valid[index] = False
-                if kind in (COMMENT, FOOTER):
-                    is_record[index] = False
-            record_no = base + np.cumsum(is_record)
-            for index, kind, text, fields in invalid:
-                row = int(record_no[index])
-                if kind == REJECT:
-                    account.reject(row, f"expected {len(layout.names)} fields, got {fields}", text[:500])
-                elif kind == BAD_BYTES:
-                    account.reject(row, "non-text bytes in an address, port, protocol or time field", text[:500])
-                elif kind not in (COMMENT, FOOTER):
-                    account.reject(row, kind, text[:500])  # "invalid <column>" from a typed column
-            rows = record_no[is_valid].astype(np.int64)
-            base += int(is_record.sum())
-        if joined and joined_rows + len(rows) > join_rows:
+    try:
+        for table, n_lines, invalid in parts:
+            if not invalid:
+                rows = np.arange(base + 1, base + n_lines + 1, dtype=np.int64)
+                base += n_lines
+            else:
+                is_record = np.ones(n_lines, bool)
+                is_valid = np.ones(n_lines, bool)
+                for index, kind, _, _ in invalid:
+                    is_valid[index] = False
+                    if kind in (COMMENT, FOOTER):
+                        is_record[index] = False
+                record_no = base + np.cumsum(is_record)
+                for index, kind, text, fields in invalid:
+                    row = int(record_no[index])
+                    if kind == REJECT:
+                        account.reject(row, f"expected {len(layout.names)} fields, got {fields}", text[:500])
+                    elif kind == BAD_BYTES:
+                        account.reject(row, "non-text bytes in an address, port, protocol or time field", text[:500])
+                    elif kind not in (COMMENT, FOOTER):
+                        account.reject(row, kind, text[:500])  # "invalid <column>" from a typed column
+                rows = record_no[is_valid].astype(np.int64)
+                base += int(is_record.sum())
+            if joined and joined_rows + len(rows) > join_rows:
+                yield _join(joined)
+                joined, joined_rows = [], 0
+            joined.append(Block(table, rows))
+            joined_rows += len(rows)
+            if joined_rows >= join_rows:
+                yield _join(joined)
+                joined, joined_rows = [], 0
+    except LayoutChange as change:
+        if joined:
             yield _join(joined)
-            joined, joined_rows = [], 0
-        joined.append(Block(table, rows))
-        joined_rows += len(rows)
-        if joined_rows >= join_rows:
-            yield _join(joined)
-            joined, joined_rows = [], 0
+        change.records = base
+        raise
     if joined:
         yield _join(joined)
     if data.truncated_tail:
@@ -123,8 +149,11 @@ def _join(blocks: list[Block]) -> Block:
     return Block(pa.concat_tables([block.table for block in blocks]), np.concatenate([block.rows for block in blocks]))
 
 
-def _native_blocks(blocks, layout: Layout, classify, comment, flowparse, workers: int):
-    """(table, non-blank lines, [(line index, kind, text, fields)]) per block, natively split."""
+def _native_blocks(blocks, layout: Layout, classify, comment, flowparse, workers: int, restart=None):
+    """(table, non-blank lines, [(line index, kind, text, fields)]) per block, natively split.
+
+    When ``restart(text)`` says a comment line starts another layout, the lines before it
+    come as a last part, then LayoutChange carries the bytes from that line on."""
     index_of = {name: i for i, name in enumerate(layout.names)}
     wanted = np.array([index_of[name] for name in layout.wanted], np.int32)
     kinds = [(layout.kinds or {}).get(name, TEXT) for name in layout.wanted]
@@ -133,15 +162,19 @@ def _native_blocks(blocks, layout: Layout, classify, comment, flowparse, workers
     def split(block):
         return flowparse.split_fields(block, ord(layout.delimiter), len(layout.names), wanted, comment_byte, kinds)
 
+    unsplit: list[bytes] = []  # blocks the split threads had taken ahead, after a restart
     # assembled in block order: row numbers and the stateful classify see the lines in order
-    for block, (status, starts, ends, nfields, columns, bad_slot) in _in_order(split, blocks, workers):
-        n_ok = int(np.count_nonzero(status == 0))
-        table = pa.table({name: _arrow_column(kind, column, n_ok) for name, kind, column in zip(layout.wanted, kinds, columns)})
+    in_order = _in_order(split, blocks, workers, unsplit)
+    for block, (status, starts, ends, nfields, columns, bad_slot) in in_order:
         invalid = []
+        n_lines = len(status)
         for index in np.flatnonzero(status != 0):
             text = bytes(block[starts[index] : ends[index]]).decode("utf-8", "replace")
             code = status[index]
             if code == 1:
+                if restart is not None and restart(text):
+                    n_lines = int(index)
+                    break
                 kind = COMMENT
             elif code == 3:
                 kind = BAD_BYTES
@@ -151,14 +184,21 @@ def _native_blocks(blocks, layout: Layout, classify, comment, flowparse, workers
             else:
                 kind = classify(text)
             invalid.append((int(index), kind, text, int(nfields[index])))
-        yield table, len(status), invalid
+        n_ok = int(np.count_nonzero(status[:n_lines] == 0))
+        table = pa.table({name: _arrow_column(kind, column, n_ok) for name, kind, column in zip(layout.wanted, kinds, columns)})
+        yield table, n_lines, invalid
+        if n_lines < len(status):
+            in_order.close()  # hands back the blocks taken ahead, in order
+            rest = itertools.chain([bytes(block[starts[n_lines]:])], unsplit, blocks)
+            raise LayoutChange(rest)
 
 
-def _in_order(work: Callable, items: Iterable, workers: int) -> Iterator[tuple]:
+def _in_order(work: Callable, items: Iterable, workers: int, unused: list | None = None) -> Iterator[tuple]:
     """``(item, work(item))`` in the order of ``items``; with ``workers`` > 0 the work runs in
     that many threads, at most ``workers + 1`` items ahead of the consumer (bounded memory).
     An item no thread has started yet when its turn comes is worked on by the consumer
-    itself, so that it never waits idle behind a busy pool."""
+    itself, so that it never waits idle behind a busy pool. When the consumer stops early,
+    the items taken from ``items`` but not yielded go to ``unused``, in order."""
     if workers <= 0:
         for item in items:
             yield item, work(item)
@@ -175,8 +215,10 @@ def _in_order(work: Callable, items: Iterable, workers: int) -> Iterator[tuple]:
                 first, future = pending.popleft()
                 yield first, work(first) if future.cancel() else future.result()
         finally:  # consumer gone or failed: drop the work not started yet
-            for _, future in pending:
+            for item, future in pending:
                 future.cancel()
+                if unused is not None:
+                    unused.append(item)
 
 
 def _arrow_column(kind: int, column, n: int) -> pa.Array:
@@ -184,9 +226,9 @@ def _arrow_column(kind: int, column, n: int) -> pa.Array:
         offsets, values = column
         return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
     if kind == PORT:
-        return pa.array(column, pa.int32())
+        return pa.array(column[:n], pa.int32())
     micros, valid = column
-    return pa.array(micros, pa.int64(), mask=~valid).cast(pa.timestamp("us"))
+    return pa.array(micros[:n], pa.int64(), mask=~valid[:n]).cast(pa.timestamp("us"))
 
 
 def _arrow_blocks(blocks, layout: Layout, block_bytes: int, classify, comment):

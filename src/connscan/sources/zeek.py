@@ -2,10 +2,12 @@
 ``(empty)``) and JSON lines; conn.log and any log with ``id.orig_h``/``id.resp_h``.
 
 Also read: btest-style TSV without ``#fields`` whose first non-comment line names the
-columns, and timestamps masked as ``XXXXXXXXXX.XXXXXX`` (start becomes null).
+columns, timestamps masked as ``XXXXXXXXXX.XXXXXX`` (start becomes null), and several logs
+concatenated into one file (a header block per log, fields that may differ).
 """
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -15,7 +17,7 @@ import pyarrow as pa
 from connscan.errors import InputError
 from connscan.sources import ReaderOptions, SourceAccount, _batch, jsonlines
 from connscan.sources.compression import ByteSource
-from connscan.sources.delimited import EPOCH_S, PORT, Layout, parse
+from connscan.sources.delimited import EPOCH_S, PORT, Layout, LayoutChange, parse
 
 ROLES = {"src": "id.orig_h", "dst": "id.resp_h", "sport": "id.orig_p", "dport": "id.resp_p", "proto": "proto", "start": "ts"}
 
@@ -40,21 +42,65 @@ def _unescape(text: str) -> str:
 
 
 def read_tsv(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
-    separator, names, skip = "\t", None, 0
-    for line in data.head.split(b"\n"):
+    """A Zeek TSV log; logs concatenated into one file (each with its own header block,
+    as ``cat``/``zcat`` of rotated logs gives) are read section by section, each with its
+    own fields, with row numbers counted across the file."""
+    separator, names, skip = _read_header(data.head)
+    if names is None:
+        raise InputError(f"{account.name}: Zeek log without a #fields header or a header line")
+    blocks, first_row = None, 0
+    while True:
+        layout, roles = _layout(account, separator, names)
+
+        def restart(text: str, separator=separator, names=names) -> bool:
+            """A comment line that opens another header block (or changes the fields)."""
+            return text.startswith("#separator") or (text.startswith("#fields") and text.split(separator)[1:] != names)
+
+        try:
+            for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip, comment="#",
+                               join_rows=options.batch_rows, blocks=blocks, first_row=first_row, restart=restart):
+                yield from _batch.batches_from_table(account, block.rows, block.table, roles, options.batch_rows, _batch.epoch_micros)
+            return
+        except LayoutChange as change:
+            head, rest = _section_head(change.rest)
+            separator, names_here, skip = _read_header(head, separator, names)
+            names = names_here or names
+            blocks, first_row = itertools.chain([head], rest), change.records
+
+
+def _read_header(head: bytes, separator: str = "\t", names: list[str] | None = None) -> tuple[str, list[str] | None, int]:
+    """(separator, field names, header bytes) of the header block at the start of ``head``.
+    Without ``#fields`` the first line names the columns, unless ``names`` (the previous
+    section's) are given: they then stay."""
+    found, skip = None, 0
+    for line in head.split(b"\n"):
         text = line.decode("utf-8", "replace").rstrip("\r")
         if text.startswith("#separator"):
             separator = _unescape(text.split(" ", 1)[1] if " " in text else text.split("\t", 1)[1])
         elif text.startswith("#fields"):
-            names = text.split(separator)[1:]
+            found = text.split(separator)[1:]
         elif not text.startswith("#") and text.strip():
-            if names is None:  # no #fields: this line names the columns
-                names = text.split(separator)
+            if found is None and names is None:  # no #fields: this line names the columns
+                found = text.split(separator)
                 skip += len(line) + 1
             break
         skip += len(line) + 1
-    if names is None:
-        raise InputError(f"{account.name}: Zeek log without a #fields header or a header line")
+    return separator, found, min(skip, len(head))
+
+
+def _section_head(rest: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
+    """The first bytes of ``rest`` up to its first data line (a whole header block), and
+    the rest after them."""
+    chunks: list[bytes] = []
+    for block in rest:
+        chunks.append(block)
+        lines = b"".join(chunks).split(b"\n")
+        if any(line.strip() and not line.startswith(b"#") for line in lines[:-1]):
+            break
+    return b"".join(chunks), rest
+
+
+def _layout(account: SourceAccount, separator: str, names: list[str]) -> tuple[Layout, dict[str, str]]:
     if "id.orig_h" not in names or "id.resp_h" not in names:
         raise InputError(f"{account.name}: Zeek log without id.orig_h/id.resp_h columns (fields: {', '.join(names)})")
     if len(separator) != 1:
@@ -63,11 +109,9 @@ def read_tsv(data: ByteSource, account: SourceAccount, options: ReaderOptions) -
     kinds = {roles[r]: PORT for r in ("sport", "dport") if r in roles}
     if "start" in roles:
         kinds[roles["start"]] = EPOCH_S
-    layout = Layout(names=_unique(names), wanted=list(roles.values()), delimiter=separator, kinds=kinds, roles={v: k for k, v in roles.items()})
-
-    for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip, comment="#", join_rows=options.batch_rows):
-        table = block.table
-        yield from _batch.batches_from_table(account, block.rows, table, roles, options.batch_rows, _batch.epoch_micros)
+    layout = Layout(names=_unique(names), wanted=list(roles.values()), delimiter=separator, kinds=kinds,
+                    roles={v: k for k, v in roles.items()})
+    return layout, roles
 
 
 def _unique(names: list[str]) -> list[str]:
