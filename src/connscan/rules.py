@@ -419,7 +419,7 @@ class Evaluator:
         those rows, with evaluate_columns' columns.
         """
         cfg = self.config
-        rsig = np.asarray(remote_found.signature, dtype=np.int64)
+        rsig = np.asarray(remote_found.signature)  # int32 from the engine: no int64 copy of every row
         attention = self._attention(rsig)
         if local_sig is not None:
             attention |= self._attention(local_sig)
