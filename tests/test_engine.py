@@ -637,6 +637,21 @@ BAD_TABLES = {
 }
 
 
+def test_signature_text_cut_inside_a_character_is_refused(tmp_path):
+    # Each text is decoded only when asked for: the load checks that every one would decode.
+    sigs = SignatureSet.from_networks(["1.2.3.4"], description="é") + SignatureSet.from_networks(["5.6.7.8"], description="x")
+    path = tmp_path / "engine.cstab"
+    Engine(sigs).save(path)
+    loaded = Engine.load(path)
+    assert [s.description for s in loaded.signatures] == ["é", "x"]
+    table = read_tables(path, "engine")
+    data, offsets = table.arrays["sig_description_data"], table.arrays["sig_description_offsets"]
+    cut = int(np.flatnonzero(data == 0xA9)[0])  # the second byte of é
+    _rewrite(path, _set("sig_description_offsets", int(np.flatnonzero(offsets == cut + 1)[0]), cut))
+    with pytest.raises(CacheError, match="UTF-8"):
+        Engine.load(path)
+
+
 @pytest.mark.parametrize("fault", sorted(BAD_TABLES))
 def test_bad_offsets_raise_cache_error(engine_impl, tmp_path, fault):
     impl = impl_name(engine_impl)
