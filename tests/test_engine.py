@@ -337,9 +337,28 @@ def address_texts(draw):
 @given(texts=st.lists(address_texts(), min_size=1, max_size=40))
 @HYPOTHESIS
 def test_parser_matches_ipaddress(engine_impl, texts):
+    want = [oracle_parse(t) for t in texts]
+    # Alone, and followed by more text in the buffer (the native path reads 16-byte words
+    # when there is room after the text, and byte by byte near the buffer's end).
+    for padding in ([], ["9" * 20], ["1.2.3.4"]):
+        parsed = parse_addresses(texts + padding, engine_impl)
+        got = list(zip(parsed.kind.tolist(), parsed.v4.tolist(), parsed.hi.tolist(), parsed.lo.tolist()))
+        assert got[:len(texts)] == want
+
+
+def test_parser_on_many_dotted_quads(engine_impl):
+    """Random dotted quads, valid and nearly valid, in one buffer (the 16-byte path)."""
+    rng = np.random.default_rng(11)
+    parts = [str(v) for v in range(256)] + ["00", "01", "000", "007", "256", "999", "1000", "", "a", " 1", "1 ", "-1", "+1", "1e1"]
+    texts = []
+    for _ in range(4000 if impl_name(engine_impl) == "c" else 400):
+        count = rng.choice([3, 4, 4, 4, 4, 5])
+        text = ".".join(parts[i] if rng.random() < 0.2 else str(rng.integers(0, 256)) for i in rng.integers(0, len(parts), count))
+        texts.append(text if rng.random() < 0.9 else text + rng.choice([".", ":", "/24", "%x", "\u0661"]))
     parsed = parse_addresses(texts, engine_impl)
     got = list(zip(parsed.kind.tolist(), parsed.v4.tolist(), parsed.hi.tolist(), parsed.lo.tolist()))
     assert got == [oracle_parse(t) for t in texts]
+    assert sum(kind == 4 for kind, *_ in got) > len(texts) // 3
 
 
 def test_parser_known_cases(engine_impl):
