@@ -536,9 +536,12 @@ cdef int _parse_address(const uint8_t* s, Py_ssize_t n, Py_ssize_t room, uint32_
             return 0
         s += 1
         n -= 2
-    elif 7 <= n <= 15 and room > 16 and _parse_ipv4_16(s, n, v4):  # the common case first
-        return 4
-    elif _parse_ipv4(s, n, v4):  # near the buffer's end, or not IPv4: it stops at the first ':'
+    elif 7 <= n <= 15 and room > 16:  # the common case first: a quad with a word to read
+        if _parse_ipv4_16(s, n, v4):
+            return 4
+        if memchr(s, 58, n) == NULL:
+            return 0
+    elif _parse_ipv4(s, n, v4):  # near the buffer's end: byte by byte, stops at the first ':'
         return 4
     elif memchr(s, 58, n) == NULL:
         return 0

@@ -225,27 +225,21 @@ def look_up_ends(tables: Tables, home: Tables, src_offsets, src_data, src_validi
     n = len(src_offsets) - 1
     if len(dst_offsets) != n + 1 or not all(len(a) == n for a in (bad, src_home, inbound, remote_sig, remote_cc, local_sig)):
         raise ValueError("flow end arrays do not match the offsets")
-    ends = []
+    found = []  # per end: kind, home signature, signature, country
     for offsets, data, validity, bit in ((src_offsets, src_data, src_validity, src_bit),
                                          (dst_offsets, dst_data, dst_validity, dst_bit)):
         parsed = [np.zeros(n, np.uint8), np.zeros(n, np.uint32), np.zeros(n, np.uint64), np.zeros(n, np.uint64)]
         parse_text(offsets, data, validity, bit, *parsed)
-        ends.append(list(zip(*(column.tolist() for column in parsed))))
-
-    def value(t, kind, v4, hi, lo):
-        return t.v4(v4) if kind == 4 else t.v6(hi, lo)
-
-    for i, (s, d) in enumerate(zip(*ends)):
-        if s[0] == 0 or d[0] == 0:
-            bad[i] = 1 if s[0] == 0 else 2
-            src_home[i] = inbound[i] = 0
-            remote_sig[i] = local_sig[i] = -1
-            remote_cc[i] = 0
-            continue
-        bad[i] = 0
-        src_in, dst_in = value(home, *s)[0] >= 0, value(home, *d)[0] >= 0
-        flip = dst_in and not src_in
-        src_value, dst_value = value(tables, *s), value(tables, *d)
-        src_home[i], inbound[i] = src_in, flip
-        remote_sig[i], remote_cc[i] = dst_value if not flip else src_value
-        local_sig[i] = (src_value if not flip else dst_value)[0]
+        home_sig, sig, country = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.uint16)
+        lookup_parsed(home, *parsed, home_sig, np.empty(n, np.uint16))
+        lookup_parsed(tables, *parsed, sig, country)
+        found.append((parsed[0], home_sig, sig, country))
+    (src_kind, src_in, src_sig, src_cc), (dst_kind, dst_in, dst_sig, dst_cc) = found
+    flip = (dst_in >= 0) & (src_in < 0)
+    ok = (src_kind != 0) & (dst_kind != 0)
+    bad[:] = np.where(ok, 0, np.where(src_kind == 0, 1, 2))
+    src_home[:] = ok & (src_in >= 0)
+    inbound[:] = ok & flip
+    remote_sig[:] = np.where(ok, np.where(flip, src_sig, dst_sig), -1)
+    remote_cc[:] = np.where(ok, np.where(flip, src_cc, dst_cc), 0)
+    local_sig[:] = np.where(ok, np.where(flip, dst_sig, src_sig), -1)

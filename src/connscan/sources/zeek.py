@@ -73,7 +73,7 @@ def _read_header(head: bytes, separator: str = "\t", names: list[str] | None = N
     Without ``#fields`` the first line names the columns, unless ``names`` (the previous
     section's) are given: they then stay."""
     found, skip = None, 0
-    for line in head.split(b"\n"):
+    for line in _lines(head):
         text = line.decode("utf-8", "replace").rstrip("\r")
         if text.startswith("#separator"):
             separator = _unescape(text.split(" ", 1)[1] if " " in text else text.split("\t", 1)[1])
@@ -91,13 +91,23 @@ def _read_header(head: bytes, separator: str = "\t", names: list[str] | None = N
 def _section_head(rest: Iterator[bytes]) -> tuple[bytes, Iterator[bytes]]:
     """The first bytes of ``rest`` up to its first data line (a whole header block), and
     the rest after them."""
-    chunks: list[bytes] = []
+    head = b""
     for block in rest:
-        chunks.append(block)
-        lines = b"".join(chunks).split(b"\n")
-        if any(line.strip() and not line.startswith(b"#") for line in lines[:-1]):
+        head += block
+        if any(line.strip() and not line.startswith(b"#") for line in _lines(head, whole_only=True)):
             break
-    return b"".join(chunks), rest
+    return head, rest
+
+
+def _lines(data: bytes, whole_only: bool = False) -> Iterator[bytes]:
+    """The lines of ``data`` one at a time (a header is read from the start of a large
+    block); ``whole_only``: not the text after the last line break."""
+    start = 0
+    while (end := data.find(b"\n", start)) >= 0:
+        yield data[start:end]
+        start = end + 1
+    if not whole_only:
+        yield data[start:]
 
 
 def _layout(account: SourceAccount, separator: str, names: list[str]) -> tuple[Layout, dict[str, str]]:
