@@ -464,24 +464,16 @@ def flow_texts(draw, n):
     return draw(st.lists(texts, min_size=n, max_size=n))
 
 
-@given(networks=signature_networks(), geo=geo_ranges(), data=st.data())
-@HYPOTHESIS
-def test_look_up_ends_matches_oracle(engine_impl, networks, geo, data):
-    sigs = SignatureSet.from_networks(networks)
-    spans = [oracle_span(s.network) for s in sigs]
-    home_sigs = SignatureSet.from_networks(HOME)
-    home_spans = [oracle_span(s.network) for s in home_sigs]
+def ends_engines(engine_impl, networks, geo):
+    """(engine, home engine, oracle of one flow's ends) for look_up_ends tests."""
+    sigs, home_sigs = SignatureSet.from_networks(networks), SignatureSet.from_networks(HOME)
+    spans, home_spans = ([oracle_span(s.network) for s in group] for group in (sigs, home_sigs))
     engine = Engine(sigs, make_geo(geo), impl=impl_name(engine_impl))
     home = Engine(home_sigs, impl=impl_name(engine_impl))
-    n = data.draw(st.integers(0, 200))  # beyond one native block: test_look_up_ends_across_blocks
-    src, dst = data.draw(flow_texts(n)), data.draw(flow_texts(n))
-    # Text types that differ between the two columns, and chunked columns.
-    src_array = pa.array(src, data.draw(st.sampled_from([pa.string(), pa.large_string()])))
-    dst_array = pa.array(dst, data.draw(st.sampled_from([pa.string(), pa.binary()])))
-    if n > 3 and data.draw(st.booleans()):
-        src_array = pa.chunked_array([src_array[:n // 3], src_array[n // 3:]])
-    got = engine.look_up_ends(home, src_array, dst_array)
-    want = [oracle_ends(spans, home_spans, geo, s, d) for s, d in zip(src, dst)]
+    return engine, home, lambda s, d: oracle_ends(spans, home_spans, geo, s, d)
+
+
+def assert_ends(got, want):
     columns = list(zip(*want)) or [()] * 6
     assert got.bad.tolist() == list(columns[0])
     assert got.src_home.tolist() == list(columns[1])
@@ -490,6 +482,21 @@ def test_look_up_ends_matches_oracle(engine_impl, networks, geo, data):
     assert got.remote.country.tolist() == list(columns[4])
     assert got.local_sig.tolist() == list(columns[5])
     assert got.remote.valid.tolist() == [b == 0 for b in columns[0]]
+    return columns
+
+
+@given(networks=signature_networks(), geo=geo_ranges(), data=st.data())
+@HYPOTHESIS
+def test_look_up_ends_matches_oracle(engine_impl, networks, geo, data):
+    engine, home, oracle = ends_engines(engine_impl, networks, geo)
+    n = data.draw(st.integers(0, 200))  # beyond one native block: test_look_up_ends_across_blocks
+    src, dst = data.draw(flow_texts(n)), data.draw(flow_texts(n))
+    # Text types that differ between the two columns, and chunked columns.
+    src_array = pa.array(src, data.draw(st.sampled_from([pa.string(), pa.large_string()])))
+    dst_array = pa.array(dst, data.draw(st.sampled_from([pa.string(), pa.binary()])))
+    if n > 3 and data.draw(st.booleans()):
+        src_array = pa.chunked_array([src_array[:n // 3], src_array[n // 3:]])
+    assert_ends(engine.look_up_ends(home, src_array, dst_array), [oracle(s, d) for s, d in zip(src, dst)])
 
 
 def test_look_up_ends_across_blocks(engine_impl):
@@ -497,24 +504,12 @@ def test_look_up_ends_across_blocks(engine_impl):
     rng = np.random.default_rng(3)
     networks = ["10.1.0.0/16", "45.9.148.0/24", "45.9.148.7", "2a0e::/16", "91.92.0.0-91.92.3.255"]
     geo = {4: [("45.0.0.0/8", "RU")], 6: [("2a0e::/16", "IR")]}
-    sigs = SignatureSet.from_networks(networks)
-    spans = [oracle_span(s.network) for s in sigs]
-    home_sigs = SignatureSet.from_networks(HOME)
-    home_spans = [oracle_span(s.network) for s in home_sigs]
-    engine = Engine(sigs, make_geo(geo), impl=impl_name(engine_impl))
-    home = Engine(home_sigs, impl=impl_name(engine_impl))
+    engine, home, oracle = ends_engines(engine_impl, networks, geo)
     pool = ["10.1.2.3", "10.9.9.9", "192.168.1.1", "45.9.148.7", "45.9.148.200", "45.1.1.1", "2a0e::5", "fd00::1",
             "91.92.2.2", "8.8.8.8", "::ffff:172.16.0.9", "not-an-ip", None, ""]
     src, dst = ([pool[i] for i in rng.integers(0, len(pool), 2600)] for _ in range(2))
-    got = engine.look_up_ends(home, pa.array(src), pa.array(dst))
-    want = [oracle_ends(spans, home_spans, geo, s, d) for s, d in zip(src, dst)]
-    columns = list(zip(*want))
-    assert got.bad.tolist() == list(columns[0]) and 0 < sum(b != 0 for b in columns[0]) < 2600
-    assert got.src_home.tolist() == list(columns[1])
-    assert got.inbound.tolist() == list(columns[2]) and any(columns[2])
-    assert got.remote.signature.tolist() == list(columns[3])
-    assert got.remote.country.tolist() == list(columns[4])
-    assert got.local_sig.tolist() == list(columns[5])
+    columns = assert_ends(engine.look_up_ends(home, pa.array(src), pa.array(dst)), [oracle(s, d) for s, d in zip(src, dst)])
+    assert 0 < sum(b != 0 for b in columns[0]) < 2600 and any(columns[2])
 
 
 def test_look_up_ends_checks_its_input(engine_impl):
