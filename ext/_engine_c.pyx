@@ -5,7 +5,7 @@ Same functions as the pure-Python twin ``connscan._engine_py``; the table layout
 described in ``connscan.engine``. Every index read from a table is checked in ``Tables``
 before any lookup trusts it, so a corrupt saved engine raises ValueError, never crashes.
 """
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memchr
 
 import numpy as np
@@ -38,7 +38,6 @@ cdef extern from *:
     void CONNSCAN_PREFETCH(const void* p) noexcept nogil
     void connscan_dotted_masks(const uint8_t* s, unsigned int* dots, unsigned int* other) noexcept nogil
     int __builtin_ctz(unsigned int) noexcept nogil
-    int __builtin_popcount(unsigned int) noexcept nogil
 
 # Lookups ahead whose first-level entry is prefetched: random reads overlap their misses.
 cdef enum:
@@ -396,13 +395,20 @@ cdef inline bint _parse_ipv4_16(const uint8_t* s, Py_ssize_t n, uint32_t* out) n
     cdef uint32_t bad = 0, v0, v1, v2, v3
     connscan_dotted_masks(s, &dots, &other)
     dots &= within
-    if (other & within) or __builtin_popcount(dots) != 3:
+    # exactly three dots, found lowest first (no popcount: without -mpopcnt it is a call)
+    if (other & within) or dots == 0:
         return False
     a = __builtin_ctz(dots)
     dots &= dots - 1
+    if dots == 0:
+        return False
     b = __builtin_ctz(dots)
     dots &= dots - 1
+    if dots == 0:
+        return False
     c = __builtin_ctz(dots)
+    if dots & (dots - 1):
+        return False
     # each part 1..3 digits: a, b-a-1, c-b-1, n-c-1 (unsigned: 0 wraps above 2)
     if a - 1 > 2 or b - a - 2 > 2 or c - b - 2 > 2 or <unsigned int>n - c - 2 > 2:
         return False
@@ -749,3 +755,71 @@ def look_up_ends(Tables t, Tables home,
         if bad_side == 1:
             raise _bad_offsets(src_offsets, bad_row, src_col.data_len)
         raise _bad_offsets(dst_offsets, bad_row, dst_col.data_len)
+
+
+# ------------------------------------------------------------------ rules: the row filter
+
+cdef inline int _sig_attention(int32_t sig, const int8_t* flags, Py_ssize_t n_flags, int8_t bit) noexcept nogil:
+    """1: the signature needs a look, 0: it does not (or no signature), -1: its flag is not
+    known yet, -2: the index is outside the flag table."""
+    if sig < 0:
+        return 0
+    if sig >= n_flags:
+        return -2
+    if flags[sig] < 0:
+        return -1
+    return (flags[sig] & bit) != 0
+
+
+def attention_rows(const int32_t[::1] rsig, local_sig, const uint16_t[::1] country,
+                   const uint8_t[::1] inbound, const int64_t[::1] lport, const int64_t[::1] rport,
+                   const int8_t[::1] sig_flags, int attention_bit,
+                   const uint8_t[::1] relevant, const uint8_t[::1] suspicious):
+    """The rows the rules must look at, in one pass: a remote or local (``local_sig``,
+    int32 or None) signature whose flag has ``attention_bit``, a remote country marked in
+    ``relevant`` (by its two letters read as uint16), or a service port (the local port
+    when ``inbound``, else the remote one; -1 unknown) marked at port + 1 in ``suspicious``.
+
+    Returns ``(rows int64, None)``, or ``(None, signatures int32)`` when hit signatures have
+    no flag yet (< 0): the caller works those out and asks again.
+    """
+    cdef Py_ssize_t n = rsig.shape[0], i, k = 0, n_unknown = 0, n_flags = sig_flags.shape[0]
+    cdef const int32_t[::1] lsig
+    cdef bint has_local = local_sig is not None
+    if has_local:
+        lsig = local_sig
+    if (country.shape[0] != n or inbound.shape[0] != n or lport.shape[0] != n or rport.shape[0] != n
+            or (has_local and lsig.shape[0] != n)):
+        raise ValueError("attention_rows: columns differ in length")
+    if relevant.shape[0] != 1 << 16 or suspicious.shape[0] != (1 << 16) + 1:
+        raise ValueError("attention_rows: relevant needs 65536 entries, suspicious 65537")
+    rows = np.empty(n, np.int64)
+    unknown = np.empty(2 * n, np.int32)
+    cdef int64_t[::1] out = rows
+    cdef int32_t[::1] pending = unknown
+    cdef const int8_t* flags = &sig_flags[0] if n_flags else NULL
+    cdef int r, l
+    cdef int64_t port
+    cdef bint bad_index = False
+    with nogil:
+        for i in range(n):
+            r = _sig_attention(rsig[i], flags, n_flags, attention_bit)
+            l = _sig_attention(lsig[i], flags, n_flags, attention_bit) if has_local else 0
+            if r == -2 or l == -2:
+                bad_index = True
+                break
+            if r == -1:
+                pending[n_unknown] = rsig[i]
+                n_unknown += 1
+            if l == -1:
+                pending[n_unknown] = lsig[i]
+                n_unknown += 1
+            port = lport[i] if inbound[i] else rport[i]
+            if r == 1 or l == 1 or relevant[country[i]] or suspicious[port + 1 if 0 <= port <= 0xFFFF else 0]:
+                out[k] = i
+                k += 1
+    if bad_index:
+        raise ValueError(f"attention_rows: a signature index outside the {n_flags} flags")
+    if n_unknown:
+        return None, unknown[:n_unknown]
+    return rows[:k], None

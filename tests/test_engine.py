@@ -810,3 +810,48 @@ def test_matches_at_an_integer_address_equals_matches_of_its_text(engine_impl):
         "::ffff:198.51.100.7", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::")]
     for address in addresses:
         assert engine.matches_at(address.version, int(address)) == engine.matches(str(address)), address
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), n=st.integers(0, 40), with_local=st.booleans())
+def test_attention_rows_against_a_per_row_reference(engine_impl, data, n, with_local):
+    """The rules' row filter (native and twin) against the rule read row by row."""
+    n_flags = 6
+    flags = np.array(data.draw(st.lists(st.integers(-1, 7), min_size=n_flags, max_size=n_flags)), np.int8)
+    column = lambda values, dtype: np.array(data.draw(st.lists(values, min_size=n, max_size=n)), dtype)  # noqa: E731
+    rsig = column(st.integers(-1, n_flags - 1), np.int32)
+    lsig = column(st.integers(-1, n_flags - 1), np.int32) if with_local else None
+    country = column(st.sampled_from([0, 0x4e43, 0x5255, 0x5553]), np.uint16)  # "", CN, RU, US as uint16
+    inbound = column(st.booleans(), np.uint8)
+    lport, rport = (column(st.sampled_from([-1, 0, 22, 443, 4444, 65535, 70000]), np.int64) for _ in range(2))
+    relevant = np.zeros(1 << 16, np.uint8)
+    relevant[0x4e43] = 1
+    suspicious = np.zeros((1 << 16) + 1, np.uint8)
+    suspicious[[4444 + 1, 22 + 1, 0]] = 1  # entry 0 (unknown port) set too: it must be used for -1 and 70000
+
+    rows, unknown = engine_impl.attention_rows(rsig, lsig, country, inbound, lport, rport, flags, 1, relevant, suspicious)
+    sides = [rsig] + ([lsig] if with_local else [])
+    expected_unknown = sorted(int(s[i]) for s in sides for i in range(n) if s[i] >= 0 and flags[s[i]] < 0)
+    if expected_unknown:
+        assert rows is None and sorted(unknown.tolist()) == expected_unknown
+        return
+    assert unknown is None
+    expected = []
+    for i in range(n):
+        port = int(lport[i] if inbound[i] else rport[i])
+        by_sig = any(s[i] >= 0 and flags[s[i]] & 1 for s in sides)
+        if by_sig or relevant[country[i]] or suspicious[port + 1 if 0 <= port <= 65535 else 0]:
+            expected.append(i)
+    assert rows.tolist() == expected
+
+
+def test_attention_rows_refuses_indices_and_tables_that_do_not_fit(engine_impl):
+    one = lambda dtype, value=0: np.full(1, value, dtype)  # noqa: E731
+    args = dict(country=one(np.uint16), inbound=one(np.uint8), lport=one(np.int64), rport=one(np.int64))
+    tables = (np.zeros(1 << 16, np.uint8), np.zeros((1 << 16) + 1, np.uint8))
+    with pytest.raises(ValueError, match="outside"):
+        engine_impl.attention_rows(one(np.int32, 5), None, *args.values(), np.zeros(5, np.int8), 1, *tables)
+    with pytest.raises(ValueError, match="length"):
+        engine_impl.attention_rows(np.zeros(2, np.int32), None, *args.values(), np.zeros(5, np.int8), 1, *tables)
+    with pytest.raises(ValueError, match="65536"):
+        engine_impl.attention_rows(one(np.int32), None, *args.values(), np.zeros(5, np.int8), 1, tables[0][:10], tables[1])

@@ -243,3 +243,30 @@ def look_up_ends(tables: Tables, home: Tables, src_offsets, src_data, src_validi
     remote_sig[:] = np.where(ok, np.where(flip, src_sig, dst_sig), -1)
     remote_cc[:] = np.where(ok, np.where(flip, src_cc, dst_cc), 0)
     local_sig[:] = np.where(ok, np.where(flip, dst_sig, src_sig), -1)
+
+
+def attention_rows(rsig, local_sig, country, inbound, lport, rport, sig_flags, attention_bit, relevant, suspicious):
+    """The rows the rules must look at (see _engine_c.attention_rows): ``(rows, None)``, or
+    ``(None, signatures)`` when hit signatures have no flag yet."""
+    n = len(rsig)
+    if any(len(a) != n for a in (country, inbound, lport, rport)) or (local_sig is not None and len(local_sig) != n):
+        raise ValueError("attention_rows: columns differ in length")
+    if len(relevant) != 1 << 16 or len(suspicious) != (1 << 16) + 1:
+        raise ValueError("attention_rows: relevant needs 65536 entries, suspicious 65537")
+    sides = [np.asarray(rsig, np.int64)] + ([np.asarray(local_sig, np.int64)] if local_sig is not None else [])
+    if any(len(s) and s.max() >= len(sig_flags) for s in sides):
+        raise ValueError(f"attention_rows: a signature index outside the {len(sig_flags)} flags")
+    needed = np.zeros(n, bool)
+    unknown = []
+    for sig in sides:
+        hit = sig >= 0
+        flag = np.where(hit, np.asarray(sig_flags)[np.where(hit, sig, 0)], 0)
+        unknown.append(sig[hit & (flag < 0)])
+        needed |= hit & (flag >= 0) & (flag & attention_bit != 0)
+    unknown = np.concatenate(unknown).astype(np.int32)
+    if len(unknown):
+        return None, unknown
+    port = np.where(np.asarray(inbound, bool), lport, rport)
+    needed |= np.asarray(relevant, bool)[np.asarray(country, np.uint16)]
+    needed |= np.asarray(suspicious, bool)[np.where((port >= 0) & (port <= 0xFFFF), port + 1, 0)]
+    return np.flatnonzero(needed).astype(np.int64), None

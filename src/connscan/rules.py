@@ -366,12 +366,22 @@ class Evaluator:
         flags[self._isolated] = alone[self._isolated]
         return flags
 
-    def _attention(self, sig_index: np.ndarray) -> np.ndarray:
-        """Rows whose most specific signature needs a look."""
-        out = np.zeros(len(sig_index), dtype=bool)
-        hit = np.flatnonzero(sig_index >= 0)
-        out[hit] = self._signature_flags(sig_index[hit]) & _ATTENTION != 0
-        return out
+    def _attention_rows(self, rsig, local_sig, country, inbound, lport, rport) -> np.ndarray:
+        """Rows whose remote or local signature needs a look, whose remote country is a
+        relevant one or whose service port a suspicious one (one native pass)."""
+        if self._flags is None:
+            self._flags = self._isolated_flags()
+        columns = (np.ascontiguousarray(rsig, np.int32),
+                   None if local_sig is None else np.ascontiguousarray(local_sig, np.int32),
+                   np.ascontiguousarray(country, "S2").view(np.uint16), np.ascontiguousarray(inbound, bool).view(np.uint8),
+                   np.ascontiguousarray(lport, np.int64), np.ascontiguousarray(rport, np.int64))
+        while True:
+            rows, unknown = self.engine._impl.attention_rows(*columns, self._flags, _ATTENTION, self._relevant_table.view(np.uint8),
+                                                             self._port_table.view(np.uint8))
+            if rows is not None:
+                return rows
+            for index in np.unique(unknown).tolist():  # signatures hit for the first time
+                self._flags[index] = self._signature_flag(index)
 
     def evaluate(self, batch, local=None, remote=None) -> list[Finding]:
         """Findings at or above Notice (every connection with ``all_connections``).
@@ -420,13 +430,7 @@ class Evaluator:
         """
         cfg = self.config
         rsig = np.asarray(remote_found.signature)  # int32 from the engine: no int64 copy of every row
-        attention = self._attention(rsig)
-        if local_sig is not None:
-            attention |= self._attention(local_sig)
         country = np.asarray(remote_found.country, dtype="S2")
-        attention |= self._relevant_country(country)
-        service_port = np.where(inbound, lport, rport)
-        attention |= self._suspicious_port(service_port)
         nodirect_net = None
         if self._nodirect_engine is not None:
             nodirect_net = np.asarray(lookup(self._nodirect_engine, "local").signature, dtype=np.int64)
@@ -436,13 +440,15 @@ class Evaluator:
             if self.home_engine is not None:
                 public &= np.asarray(lookup(self.home_engine, "remote").signature) < 0
             nodirect_net = np.where(outbound & public, nodirect_net, -1)
-            attention |= nodirect_net >= 0
         if cfg.all_connections:
-            attention[:] = True
-        rows = np.flatnonzero(attention)
+            rows = np.arange(len(rsig))
+        else:
+            rows = self._attention_rows(rsig, local_sig, country, inbound, lport, rport)
+            if nodirect_net is not None:
+                rows = np.union1d(rows, np.flatnonzero(nodirect_net >= 0))
         if len(rows) == 0:
             return None
-        return self._flagged(pick(rows), rows, rsig, local_sig, country, inbound, service_port, nodirect_net, lport, rport)
+        return self._flagged(pick(rows), rows, rsig, local_sig, country, inbound, nodirect_net, lport, rport)
 
     def _relevant_country(self, country: np.ndarray) -> np.ndarray:
         return self._relevant_table[np.ascontiguousarray(country, "S2").view(np.uint16)]
@@ -451,7 +457,7 @@ class Evaluator:
         """Per port (int64; negative: unknown): whether it is a suspicious one."""
         return self._port_table[np.where((port >= 0) & (port <= 0xFFFF), port + 1, 0)]
 
-    def _flagged(self, picked, rows, rsig, lsig, country, inbound, service_port, nodirect_net, lport, rport) -> FlaggedRows | None:
+    def _flagged(self, picked, rows, rsig, lsig, country, inbound, nodirect_net, lport, rport) -> FlaggedRows | None:
         """FlaggedRows of the attention ``rows`` (``picked``: their table, row k = rows[k])."""
         cfg = self.config
         n = len(rows)
@@ -460,7 +466,8 @@ class Evaluator:
         lsig = lsig[rows] if lsig is not None else none
         lport = lport[rows]
         nodirect = nodirect_net[rows] if nodirect_net is not None else none
-        country, inbound, service = country[rows], inbound[rows], service_port[rows]
+        country, inbound = country[rows], inbound[rows]
+        service = np.where(inbound, lport, rport)  # the local port of inbound flows
         suspicious = np.where(self._suspicious_port(service), service, -1)
         relevant = self._relevant_country(country)
         allowed = [None] * n
