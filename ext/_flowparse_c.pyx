@@ -444,3 +444,41 @@ cdef Py_ssize_t _count_lines(const uint8_t* buf, Py_ssize_t size) noexcept nogil
             part += buf[i] == 10
         count += part
     return count
+
+
+def lower_letters(const int32_t[::1] offsets, const uint8_t[::1] data):
+    """Protocol names the quick way: whether each of the n values ``data[offsets[i]:
+    offsets[i + 1]]`` is one or more ASCII letters (names that need no other change), and
+    then ``data`` with them lower-cased. Returns ``(True, lowered copy of data, or None when
+    nothing was upper case)`` or ``(False, None)``. Offsets are checked before use."""
+    cdef Py_ssize_t n = offsets.shape[0] - 1, i
+    if n < 0:
+        raise ValueError("lower_letters: no offsets")
+    for i in range(n):
+        if offsets[i] >= offsets[i + 1]:  # an empty value is not a name; decreasing is corrupt
+            return False, None
+    if n == 0:
+        return True, None
+    if offsets[0] < 0 or offsets[n] > data.shape[0]:
+        raise ValueError(f"lower_letters: offsets {offsets[0]}..{offsets[n]} outside the {data.shape[0]} data bytes")
+    cdef Py_ssize_t first = offsets[0], last = offsets[n]
+    cdef uint8_t byte, folded
+    cdef bint upper = False, letters = True
+    with nogil:
+        for i in range(first, last):
+            byte = data[i]
+            folded = byte | 0x20
+            if folded < 97 or folded > 122:  # not a-z once folded: not a letter
+                letters = False
+                break
+            upper |= byte != folded
+    if not letters:
+        return False, None
+    if not upper:
+        return True, None
+    lowered = np.array(data, dtype=np.uint8)
+    cdef uint8_t[::1] out = lowered
+    with nogil:
+        for i in range(first, last):
+            out[i] |= 0x20
+    return True, lowered

@@ -606,6 +606,32 @@ def test_normalise_proto_equals_the_per_value_names(values):
     assert _batch.normalise_proto(pa.array(values, pa.string())).to_pylist() == expected
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.text(alphabet="tcpUDPiIgG6-é ", max_size=5), max_size=30), cut=st.integers(0, 5))
+def test_lower_letters_matches_the_string_methods(flowparse, values, cut):
+    """Native and twin against str methods, on slices of an Arrow column (offset != 0)."""
+    column = pa.array(values, pa.string()).slice(min(cut, len(values)))
+    kept = values[min(cut, len(values)):]
+    offsets = np.frombuffer(column.buffers()[1], np.int32, len(column) + 1, column.offset * 4)
+    data = np.frombuffer(column.buffers()[2], np.uint8) if column.buffers()[2] is not None else np.zeros(0, np.uint8)
+    letters, lowered = flowparse.lower_letters(offsets, data)
+    assert letters == all(v.isascii() and v.isalpha() for v in kept)
+    if letters and lowered is not None:
+        assert [bytes(lowered[a:b]).decode() for a, b in zip(offsets[:-1], offsets[1:])] == [v.lower() for v in kept]
+    assert (lowered is None) == (not letters or all(v.islower() for v in kept))
+    from connscan.sources import _batch
+
+    assert _batch.normalise_proto(column).to_pylist() == [_batch.proto_name(v) for v in kept]
+
+
+def test_lower_letters_refuses_offsets_outside_the_data(flowparse):
+    with pytest.raises(ValueError, match="outside"):
+        flowparse.lower_letters(np.array([0, 3, 9], np.int32), np.frombuffer(b"tcpudp", np.uint8))
+    with pytest.raises(ValueError, match="outside"):
+        flowparse.lower_letters(np.array([-2, 3], np.int32), np.frombuffer(b"tcpudp", np.uint8))
+    assert flowparse.lower_letters(np.array([3, 1], np.int32), np.frombuffer(b"tcpudp", np.uint8)) == (False, None)
+
+
 @given(values=st.lists(st.integers(-3, 70000), max_size=30), nulls=st.booleans())
 def test_parse_ports_of_integer_columns(values, nulls):
     from connscan.sources import _batch

@@ -130,3 +130,26 @@ def split_fields(block, delimiter: int, ncols: int, wanted, comment: int = -1, k
         columns,
         np.array(bad_slot, np.int8),
     )
+
+
+def lower_letters(offsets, data):
+    """Twin of _flowparse_c.lower_letters: ``(True, lowered data or None)`` when every value
+    is one or more ASCII letters, else ``(False, None)``."""
+    offsets = np.asarray(offsets, np.int64)
+    n = len(offsets) - 1
+    if n < 0:
+        raise ValueError("lower_letters: no offsets")
+    if n and bool(np.any(offsets[1:] <= offsets[:-1])):
+        return False, None
+    if n == 0:
+        return True, None
+    if offsets[0] < 0 or offsets[n] > len(data):
+        raise ValueError(f"lower_letters: offsets {offsets[0]}..{offsets[n]} outside the {len(data)} data bytes")
+    text = bytes(data[offsets[0]:offsets[n]])
+    if not (text.isascii() and text.isalpha()):
+        return False, None
+    if text.islower():
+        return True, None
+    lowered = np.array(data, dtype=np.uint8)
+    lowered[offsets[0]:offsets[n]] = np.frombuffer(text.lower(), np.uint8)
+    return True, lowered

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connscan import _native
 from connscan.sources import BATCH_SCHEMA, SourceAccount
 
 # IANA protocol numbers worth a name; others stay numbers ("99").
@@ -33,6 +34,9 @@ def normalise_proto(column: pa.Array) -> pa.Array:
     if pa.types.is_integer(column.type):
         column = pc.cast(column, pa.string())
     column = column.fill_null("") if column.null_count else column
+    named = _letter_names(column)
+    if named is not None:
+        return named
     encoded = pc.dictionary_encode(column)
     values = encoded.dictionary.to_pylist()
     names = [proto_name(v) for v in values]
@@ -42,6 +46,23 @@ def normalise_proto(column: pa.Array) -> pa.Array:
     if all(v.isascii() for v in values) and names == [v.lower() for v in values]:
         return pc.ascii_lower(column)
     return pa.array(names, pa.string()).take(encoded.indices)
+
+
+def _letter_names(column) -> pa.Array | None:
+    """The column lower-cased when every value is ASCII letters only ("TCP", "udp"): such
+    names are already contract names once lower-cased; None when some value is not."""
+    if not isinstance(column, pa.Array) or column.type != pa.string() or column.null_count or not len(column):
+        return None
+    offsets_buffer, data_buffer = column.buffers()[1:]
+    if data_buffer is None:
+        return None
+    offsets = np.frombuffer(offsets_buffer, np.int32, len(column) + 1, column.offset * 4)
+    letters, lowered = _native.load("flowparse").lower_letters(offsets, np.frombuffer(data_buffer, np.uint8))
+    if not letters:
+        return None
+    if lowered is None:
+        return column
+    return pa.Array.from_buffers(pa.string(), len(column), [None, offsets_buffer, pa.py_buffer(lowered)], offset=column.offset)
 
 
 def parse_ports(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
