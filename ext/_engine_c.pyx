@@ -815,9 +815,10 @@ def attention_rows(const int32_t[::1] rsig, local_sig, const uint16_t[::1] count
                 pending[n_unknown] = lsig[i]
                 n_unknown += 1
             port = lport[i] if inbound[i] else rport[i]
-            if r == 1 or l == 1 or relevant[country[i]] or suspicious[port + 1 if 0 <= port <= 0xFFFF else 0]:
-                out[k] = i
-                k += 1
+            # written always, kept when needed: no branch on the (random) outcome
+            out[k] = i
+            k += (r == 1) | (l == 1) | (relevant[country[i]] != 0) | (
+                suspicious[port + 1 if <uint64_t>port <= 0xFFFF else 0] != 0)
     if bad_index:
         raise ValueError(f"attention_rows: a signature index outside the {n_flags} flags")
     if n_unknown:
