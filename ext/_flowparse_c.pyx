@@ -33,7 +33,30 @@ if sys.byteorder != "little":  # the word-at-a-time scans take the first byte fr
     raise ImportError("connscan._flowparse_c needs a little-endian CPU")
 
 cdef extern from *:
+    """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    /* Bit j set: p[j] == c, over the 64 bytes at p (all readable). */
+    static inline unsigned long long connscan_byte_mask64(const unsigned char* p, unsigned char c) {
+    #if defined(__SSE2__)
+        __m128i needle = _mm_set1_epi8((char)c);
+        unsigned long long m = 0;
+        for (int part = 0; part < 4; part++) {
+            __m128i v = _mm_loadu_si128((const __m128i*)(p + 16 * part));
+            m |= (unsigned long long)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, needle)) << (16 * part);
+        }
+        return m;
+    #else
+        unsigned long long m = 0;
+        for (int j = 0; j < 64; j++)
+            m |= (unsigned long long)(p[j] == c) << j;
+        return m;
+    #endif
+    }
+    """
     int __builtin_ctzll(unsigned long long) nogil
+    uint64_t connscan_byte_mask64(const uint8_t* p, uint8_t c) noexcept nogil
 
 # word-at-a-time byte tests (8 bytes per step)
 cdef uint64_t ONES = 0x0101010101010101ULL
@@ -197,20 +220,42 @@ cdef inline bint _printable(const uint8_t* p, Py_ssize_t n, const uint8_t* limit
     return bad == 0
 
 
-cdef inline Py_ssize_t _field_end(const uint8_t* buf, Py_ssize_t i, Py_ssize_t cur, Py_ssize_t size,
-                                  uint8_t delimiter, uint64_t pattern) noexcept nogil:
-    """Index of the first ``delimiter`` in buf[i:cur], or cur; words may run past the line
-    (never past ``size``), hits beyond ``cur`` are ignored."""
-    cdef uint64_t word, hit
-    while i < cur and i + 8 <= size:
-        word = _load(buf + i) ^ pattern
-        hit = (word - ONES) & ~word & HIGHS  # lowest set bit = first delimiter byte
-        if hit:
-            i += __builtin_ctzll(hit) >> 3
-            return i if i < cur else cur
-        i += 8
-    while i < cur and buf[i] != delimiter:
-        i += 1
+cdef struct Delimiters:
+    # the delimiter positions of one 64-byte chunk of the block, as bits: fields are found
+    # with a bit scan, not a branch per word (field lengths vary, and so would the branch)
+    const uint8_t* buf
+    Py_ssize_t size
+    Py_ssize_t base      # the chunk the mask covers, -1 before the first
+    uint64_t mask
+    uint8_t delimiter
+
+
+cdef inline uint64_t _chunk_mask(const Delimiters* d, Py_ssize_t chunk) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef uint64_t mask = 0
+    if chunk + 64 <= d.size:
+        return connscan_byte_mask64(d.buf + chunk, d.delimiter)
+    for j in range(d.size - chunk):  # the block's last, partial chunk: never read past it
+        mask |= (<uint64_t>(d.buf[chunk + j] == d.delimiter)) << j
+    return mask
+
+
+cdef inline Py_ssize_t _field_end(Delimiters* d, Py_ssize_t i, Py_ssize_t cur) noexcept nogil:
+    """Index of the first delimiter in buf[i:cur], or cur."""
+    cdef Py_ssize_t chunk = i & ~(<Py_ssize_t>63)
+    cdef uint64_t bits
+    if chunk != d.base:
+        d.base = chunk
+        d.mask = _chunk_mask(d, chunk)
+    bits = d.mask & (~(<uint64_t>0) << (i - chunk))
+    while bits == 0:
+        chunk += 64
+        if chunk >= cur:
+            return cur
+        d.base = chunk
+        d.mask = _chunk_mask(d, chunk)
+        bits = d.mask
+    i = chunk + __builtin_ctzll(bits)
     return i if i < cur else cur
 
 
@@ -255,7 +300,8 @@ cdef Py_ssize_t _scan(const uint8_t* buf, Py_ssize_t size, uint8_t delimiter, in
     cdef int last_wanted = 0
     cdef const uint8_t* nl
     cdef const uint8_t* limit = buf + size
-    cdef uint64_t pattern = ONES * delimiter
+    cdef Delimiters delimiters
+    delimiters.buf, delimiters.size, delimiters.base, delimiters.mask, delimiters.delimiter = buf, size, -1, 0, delimiter
     cdef int column, slot, first_bad
     cdef int32_t port
     cdef bint bytes_bad
@@ -286,7 +332,7 @@ cdef Py_ssize_t _scan(const uint8_t* buf, Py_ssize_t size, uint8_t delimiter, in
         first_bad = -1
         # fields up to the last wanted one: copy or convert them into row k
         while True:
-            i = _field_end(buf, fstart, cur, size, delimiter, pattern)
+            i = _field_end(&delimiters, fstart, cur)
             slot = slot_of[column]
             if slot >= 0 and not bytes_bad:
                 # a port or time that parses is printable: only a failed one needs the check
