@@ -277,6 +277,9 @@ class _GroupPieces:
 
     def __init__(self):
         self._known: dict[tuple, dict[int, tuple[tuple, bytes, bytes]]] = {}
+        # Groups differ mostly in one reason: heads and each reason's JSON are made once.
+        self._heads: dict[tuple, bytes] = {}
+        self._reason_json: dict[int, tuple[object, str]] = {}  # id -> (the reason, its JSON)
 
     def of(self, fmt: str, hostname: str, outcomes: list) -> tuple[list[bytes], list[bytes]]:
         """The first and second piece of each outcome."""
@@ -286,24 +289,37 @@ class _GroupPieces:
         if len(known) + len(missing) > 20_000:
             known.clear()  # bound memory on long runs
             missing = outcomes
+            self._heads.clear()
+            self._reason_json.clear()
         for outcome in missing:
             # The entry holds the outcome, so its id stays its own while cached.
             known[id(outcome)] = (outcome, *self._make(fmt, hostname, outcome))
         entries = list(map(known.__getitem__, keys))
         return [entry[1] for entry in entries], [entry[2] for entry in entries]
 
-    @staticmethod
-    def _make(fmt: str, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
+    def _make(self, fmt: str, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
         score, level, message, listed = outcome
-        if fmt == "jsonl":
-            out: list[str] = []
-            _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
-                        (hostname, level, "ProcessConnections", message, score))
-            head, tail = "".join(out), ',"reasons":' + _json([r.to_dict() for r in listed])
+        head = self._heads.get((fmt, hostname, score, level, message))
+        if head is None:
+            if fmt == "jsonl":
+                out: list[str] = []
+                _add_fields(out, tuple(f',"{name}":' for name in _SHARED_KEYS[:5]),
+                            (hostname, level, "ProcessConnections", message, score))
+                head = "".join(out).encode()
+            else:
+                head = (f"{level}:" + _text_pairs((("MODULE", "ProcessConnections"), ("MESSAGE", message)))).encode()
+            self._heads[(fmt, hostname, score, level, message)] = head
+        if fmt == "jsonl":  # a JSON list is its items' JSON joined by commas (compact separators)
+            tail = ',"reasons":[' + ",".join(map(self._json_of, listed)) + "]"
         else:
-            head = f"{level}:" + _text_pairs((("MODULE", "ProcessConnections"), ("MESSAGE", message)))
             tail = _text_pairs(_score_fields(score, listed))
-        return head.encode(), tail.encode()
+        return head, tail.encode()
+
+    def _json_of(self, reason) -> str:
+        known = self._reason_json.get(id(reason))
+        if known is None:  # the entry holds the reason, so its id stays its own while cached
+            known = self._reason_json[id(reason)] = (reason, _json(reason.to_dict()))
+        return known[1]
 
 
 def json_lines_of_flow_findings(flow, pieces: _GroupPieces | None = None, impl=None) -> str:
