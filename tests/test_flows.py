@@ -438,3 +438,12 @@ def test_compressed_netflow_capture_reads_like_the_plain_one(tmp_path, compress)
         counts.append((stats["records_read"], stats["records_scanned"], stats["records_rejected"]))
     assert counts[0][1] > 0
     assert counts[1] == counts[0]
+
+
+def test_malloc_arenas_are_capped_where_glibc_allows_it():
+    import platform
+
+    from connscan.flows import _cap_malloc_arenas
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert _cap_malloc_arenas() is expected

@@ -444,6 +444,23 @@ def _finish_netflow(session: dict) -> None:
         finish_session(session)
 
 
+def _cap_malloc_arenas(arenas: int = 2) -> bool:
+    """At most ``arenas`` glibc malloc arenas (True when set): each thread of the pipeline
+    would otherwise keep its own freed memory (about 30 MB more peak memory, same speed)."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas) == 1
+    except (OSError, AttributeError):
+        return False
+
+
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
 def _fill_stats(stats: Stats, account: SourceAccount) -> None:
     stats.records_read = account.records_read
     stats.records_scanned = account.records_scanned
@@ -617,6 +634,7 @@ def run_flows(args, ctx) -> int:
     # Arrow allocates little here (about 12 MB at a time); mimalloc's reserves for each of
     # the pipeline's threads would add about 40 MB to the peak memory of a scan.
     pa.set_memory_pool(pa.system_memory_pool())
+    _cap_malloc_arenas()
     paths = expand_paths(args.paths)
     aggregate_mode = bool(_setting(args, ctx, "aggregate", False))
     rejects_stream, write_rejects = _rejects_writer(_setting(args, ctx, "rejects"))
