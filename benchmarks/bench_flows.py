@@ -12,7 +12,7 @@ best of each compared; gates on same-run ratios only.
 The scan writes JSON Lines as `connscan flows` does: from the evaluator's columns
 (FlowFindings, FindingWriter.write_flow_findings), no Finding object per row.
 The issue's target, the whole scan with findings written in at most 1.5x that read, is
-NOT met on every run: at 5M rows nfdump 1.4x-1.7x, Zeek 2.3x-2.4x (pyarrow reads the
+NOT met on every run: at 5M rows nfdump 1.3x-1.5x, Zeek 2.2x (pyarrow reads the
 smaller Zeek file faster; the scan's cost is mostly per row and per finding, about the
 same for both formats); the pipeline with rules that flag nothing is 0.7x-1.5x. Each test
 prints whether the target is met; the gates are regression guards at the level reached
