@@ -299,7 +299,8 @@ class _GroupPieces:
 
     def _make(self, fmt: str, hostname: str, outcome: tuple) -> tuple[bytes, bytes]:
         score, level, message, listed = outcome
-        head = self._heads.get((fmt, hostname, score, level, message))
+        head_key = (fmt, hostname, score, level, message)
+        head = self._heads.get(head_key)
         if head is None:
             if fmt == "jsonl":
                 out: list[str] = []
@@ -308,7 +309,7 @@ class _GroupPieces:
                 head = "".join(out).encode()
             else:
                 head = (f"{level}:" + _text_pairs((("MODULE", "ProcessConnections"), ("MESSAGE", message)))).encode()
-            self._heads[(fmt, hostname, score, level, message)] = head
+            self._heads[head_key] = head
         if fmt == "jsonl":  # a JSON list is its items' JSON joined by commas (compact separators)
             tail = ',"reasons":[' + ",".join(map(self._json_of, listed)) + "]"
         else:

@@ -57,8 +57,9 @@ BATCH_SCHEMA = pa.schema(
     ]
 )
 
-# Twice the rows of a 4 MB block of nfdump CSV: the per-batch Python work of every stage
-# counts once per 131k rows (65k: about 10% slower end to end; 262k: over the memory budget).
+# About six 4 MB blocks of nfdump CSV, three of Zeek: the per-batch Python work of every
+# stage counts once per 131k rows (65k: about 10% slower end to end; 262k: over the memory
+# budget of `connscan flows`).
 DEFAULT_BATCH_ROWS = 131_072
 DEFAULT_BLOCK_BYTES = 4 << 20  # small enough to stay in cache between split and gather
 

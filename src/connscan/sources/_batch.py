@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connscan import _native
+from connscan.engine import _chunk_buffers
 from connscan.sources import BATCH_SCHEMA, SourceAccount
 
 # IANA protocol numbers worth a name; others stay numbers ("99").
@@ -53,16 +54,15 @@ def _letter_names(column) -> pa.Array | None:
     names are already contract names once lower-cased; None when some value is not."""
     if not isinstance(column, pa.Array) or column.type != pa.string() or column.null_count or not len(column):
         return None
-    offsets_buffer, data_buffer = column.buffers()[1:]
-    if data_buffer is None:
+    offsets, data, _, _ = _chunk_buffers(column)
+    if not len(data):
         return None
-    offsets = np.frombuffer(offsets_buffer, np.int32, len(column) + 1, column.offset * 4)
-    letters, lowered = _native.load("flowparse").lower_letters(offsets, np.frombuffer(data_buffer, np.uint8))
+    letters, lowered = _native.load("flowparse").lower_letters(offsets, data)
     if not letters:
         return None
     if lowered is None:
         return column
-    return pa.Array.from_buffers(pa.string(), len(column), [None, offsets_buffer, pa.py_buffer(lowered)], offset=column.offset)
+    return pa.Array.from_buffers(pa.string(), len(column), [None, column.buffers()[1], pa.py_buffer(lowered)], offset=column.offset)
 
 
 def parse_ports(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
