@@ -7,6 +7,7 @@ from the pure-Python twin.
 from __future__ import annotations
 
 import ctypes
+from datetime import datetime, timedelta
 import mmap
 
 import numpy as np
@@ -132,3 +133,39 @@ def test_no_read_past_the_end_of_the_block(flowparse, tail):
     finally:
         view.release()
         area.close()
+
+
+@st.composite
+def clock_runs(draw):
+    """(text, microseconds or None) of wall-clock times in runs that share their minute (the
+    extractor reuses the minute it parsed last); now and then one byte is changed, which the
+    twin (datetime) then judges."""
+    moment = draw(st.datetimes(datetime(1900, 1, 1), datetime(2200, 1, 1)))
+    out = []
+    for step in draw(st.lists(st.integers(0, 150), min_size=1, max_size=60)):
+        moment += timedelta(seconds=step, microseconds=draw(st.integers(0, 999_999)))
+        shape = draw(st.sampled_from(["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S.%f"]))
+        text = moment.strftime(shape).encode()
+        exact = moment if "%f" in shape else moment.replace(microsecond=0)
+        expected = (exact - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+        if draw(st.integers(0, 7)) == 0:
+            at = draw(st.integers(0, len(text) - 1))
+            text = text[:at] + draw(st.sampled_from([b"0", b"3", b"6", b"9", b"X", b"-", b" "])) + text[at + 1:]
+            expected = "twin"
+        out.append((text, expected))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs=clock_runs(), crlf=st.booleans())
+def test_wallclock_times_in_runs_of_one_minute(runs, crlf):
+    block = b"".join(text + (b"\r\n" if crlf else b"\n") for text, _ in runs)
+    results = {}
+    for impl in _native.implementations("flowparse"):
+        status, _, _, _, columns, _ = _native.load("flowparse", impl=impl).split_fields(block, ord(","), 1, np.array([0], np.int32), -1, [2])
+        assert status.tolist() == [0] * len(runs)
+        micros, valid = columns[0]
+        results[impl] = [int(m) if v else None for m, v in zip(micros.tolist(), valid.tolist())]
+    twin = results["py"]
+    assert all(result == twin for result in results.values())
+    assert [got for got, (_, exp) in zip(twin, runs) if exp != "twin"] == [exp for _, exp in runs if exp != "twin"]

@@ -149,6 +149,11 @@ def test_split_fields_rejects_bad_arguments(flowparse):
         flowparse.split_fields(b"a,b\n", ord(","), 0, np.array([0], np.int32))
     with pytest.raises(ValueError):
         flowparse.split_fields(b"a,b\n", 300, 2, np.array([0], np.int32))
+    for line_break in (10, 13):  # lines end at LF (CR LF): neither can also split fields
+        with pytest.raises(ValueError, match="delimiter"):
+            flowparse.split_fields(b"a,b\n", line_break, 2, np.array([0], np.int32))
+        with pytest.raises(ValueError, match="comment"):
+            flowparse.split_fields(b"a,b\n", ord(","), 2, np.array([0], np.int32), line_break)
 
 
 def test_split_fields_native_equals_twin_on_real_nfdump(shared_data):
@@ -305,6 +310,13 @@ def test_zeek_without_fields_header_fixture():
 def test_zeek_without_addresses_is_a_clear_error():
     with pytest.raises(InputError, match="id.orig_h"):
         read_all(TEST_DATA / FLOWS / "core.reporter-limit-reached-weird__conn.log")
+
+
+def test_zeek_line_break_separator_is_a_clear_error(tmp_path):
+    path = tmp_path / "conn.log"
+    path.write_text("#separator \\x0d\n#fields\tts\tid.orig_h\tid.resp_h\n1.0\t10.0.0.1\t8.8.8.8\n")
+    with pytest.raises(InputError, match="line break"):
+        read_all(str(path), "zeek-tsv")
 
 
 def _zeek_section(fields: list[str], rows: list[dict], separator: str = "\t") -> str:

@@ -53,8 +53,10 @@ def _micros(field: bytes, kind: int) -> int | None:
 
 def split_fields(block, delimiter: int, ncols: int, wanted, comment: int = -1, kinds=None):
     """Split ``block`` into lines and fields; see connscan._flowparse_c.split_fields."""
-    if not 0 <= delimiter <= 255:
-        raise ValueError(f"delimiter must be one byte, not {delimiter}")
+    if not 0 <= delimiter <= 255 or delimiter in (10, 13):
+        raise ValueError(f"delimiter must be one byte other than CR and LF, not {delimiter}")
+    if comment != -1 and (not 0 <= comment <= 255 or comment in (10, 13)):
+        raise ValueError(f"comment must be -1 or one byte other than CR and LF, not {comment}")
     if ncols <= 0:
         raise ValueError(f"ncols must be positive, not {ncols}")
     wanted = [int(c) for c in wanted]

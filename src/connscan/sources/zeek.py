@@ -111,10 +111,10 @@ def _lines(data: bytes, whole_only: bool = False) -> Iterator[bytes]:
 
 
 def _layout(account: SourceAccount, separator: str, names: list[str]) -> tuple[Layout, dict[str, str]]:
+    if len(separator) != 1 or separator in "\r\n":
+        raise InputError(f"{account.name}: Zeek separator {separator!r} is not one character other than a line break")
     if "id.orig_h" not in names or "id.resp_h" not in names:
         raise InputError(f"{account.name}: Zeek log without id.orig_h/id.resp_h columns (fields: {', '.join(names)})")
-    if len(separator) != 1:
-        raise InputError(f"{account.name}: Zeek separator {separator!r} is not one character")
     roles = {role: col for role, col in ROLES.items() if col in names}
     kinds = {roles[r]: PORT for r in ("sport", "dport") if r in roles}
     if "start" in roles:
