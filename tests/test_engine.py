@@ -541,6 +541,29 @@ def test_look_up_ends_checks_its_input(engine_impl):
     assert got.inbound.tolist() == [True, False] and got.remote.signature.tolist() == [1, 1]
 
 
+@given(flows=st.lists(st.tuples(st.booleans(), st.integers(-1, 65535), st.integers(-1, 65535)), max_size=300),
+       wide=st.booleans())
+@HYPOTHESIS
+def test_side_ports_takes_the_local_port_from_the_home_side(engine_impl, flows, wide):
+    engine = small_engine(impl_name(engine_impl))
+    inbound = np.array([f[0] for f in flows], bool)
+    dtype = np.int64 if wide else np.int32  # int32: the native pass; other widths: numpy
+    sport, dport = (np.array([f[k] for f in flows], dtype) for k in (1, 2))
+    lport, rport = engine.side_ports(inbound, sport, dport)
+    assert lport.dtype == rport.dtype == np.int64
+    assert lport.tolist() == [d if flip else s for flip, s, d in flows]
+    assert rport.tolist() == [s if flip else d for flip, s, d in flows]
+
+
+def test_side_ports_checks_lengths(engine_impl):
+    engine = small_engine(impl_name(engine_impl))
+    with pytest.raises(ValueError, match="differ in length"):
+        engine.side_ports(np.zeros(2, bool), np.zeros(2, np.int32), np.zeros(1, np.int32))
+    out = np.zeros(2, np.int64)
+    with pytest.raises(ValueError, match="differ in length"):
+        engine_impl.side_ports(np.zeros(2, np.uint8), np.zeros(2, np.int32), np.zeros(2, np.int32), out, np.zeros(1, np.int64))
+
+
 # --------------------------------------------------------------------------- save / load
 
 

@@ -245,6 +245,16 @@ def look_up_ends(tables: Tables, home: Tables, src_offsets, src_data, src_validi
     local_sig[:] = np.where(ok, np.where(flip, dst_sig, src_sig), -1)
 
 
+def side_ports(inbound, sport, dport, lport, rport) -> None:
+    """The local and remote port of each flow (see _engine_c.side_ports)."""
+    n = len(inbound)
+    if any(len(a) != n for a in (sport, dport, lport, rport)):
+        raise ValueError("side_ports: columns differ in length")
+    flip = np.asarray(inbound, bool)
+    lport[:] = np.where(flip, dport, sport)
+    rport[:] = np.where(flip, sport, dport)
+
+
 def attention_rows(rsig, local_sig, country, inbound, lport, rport, sig_flags, attention_bit, relevant, suspicious):
     """The rows the rules must look at (see _engine_c.attention_rows): ``(rows, None)``, or
     ``(None, signatures)`` when hit signatures have no flag yet."""

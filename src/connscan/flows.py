@@ -172,9 +172,8 @@ def look_up_ends(batch, engine, home_engine) -> FlowEnds:
             return FlowEnds(batch, rejects)
         src_home, inbound, local_sig = src_home[valid], inbound[valid], local_sig[valid]
         remote = LookupResult(remote.signature[valid], remote.country[valid], remote.valid[valid])
-    sport, dport = (_port_numbers(batch.column(name)) for name in ("sport", "dport"))
-    return FlowEnds(batch, rejects, src_home, inbound, remote, local_sig,
-                    np.where(inbound, dport, sport), np.where(inbound, sport, dport))
+    lport, rport = engine.side_ports(inbound, *(_port_numbers(batch.column(name)) for name in ("sport", "dport")))
+    return FlowEnds(batch, rejects, src_home, inbound, remote, local_sig, lport, rport)
 
 
 def evaluate_ends(ends: FlowEnds, evaluator, file: str | None) -> FlowFindings | None:
@@ -222,8 +221,12 @@ _FIRST_US, _LAST_US = ((moment - _EPOCH) // timedelta(microseconds=1) for moment
 
 
 def _port_numbers(column) -> np.ndarray:
-    """int64 port numbers, -1 for unknown (null) ones."""
-    return pc.fill_null(column, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    """Port numbers, -1 for unknown (null) ones: a view of an int32 column without nulls
+    (what the readers make), else int64."""
+    if column.null_count:
+        column = pc.fill_null(column, -1)
+    values = column.to_numpy(zero_copy_only=False)
+    return values if values.dtype == np.int32 else values.astype(np.int64, copy=False)
 
 
 def aggregate(findings: Iterable) -> list:
