@@ -86,11 +86,10 @@ def test_threads_and_joins_give_the_sequential_result(kinds, block_bytes, join_r
     assert par_table.equals(seq_table)
     assert par_account.pending_rejects == seq_account.pending_rejects
     assert par_account.rejected == seq_account.rejected
-    # joined blocks stay within join_rows unless one block alone is bigger
-    if join_rows:
-        biggest_block = max(len(block.rows) for block in sequential)
-        assert all(len(block.rows) <= max(join_rows, biggest_block) for block in parallel)
-        assert len(parallel) <= len(sequential)
+    # joined blocks hold exactly join_rows rows, but the last
+    if join_rows and parallel:
+        assert all(len(block.rows) == join_rows for block in parallel[:-1])
+        assert len(parallel[-1].rows) <= join_rows
 
 
 def test_bad_line_at_every_position_of_a_block():

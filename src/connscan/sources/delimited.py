@@ -83,8 +83,8 @@ def parse(
     start with ``comment`` are comments. Unquoted layouts go through the native field
     extractor (connscan._flowparse_c, or its twin with ``impl="py"``), ``workers`` threads
     splitting blocks ahead of this one (default SPLIT_WORKERS); quoted ones through
-    pyarrow's CSV parser. Consecutive blocks are joined while they stay within
-    ``join_rows`` rows (fewer, bigger batches downstream); 0 yields one Block per block read.
+    pyarrow's CSV parser. Blocks are joined and cut into Blocks of exactly ``join_rows``
+    rows but the last (fewer, bigger batches downstream); 0 yields one Block per block read.
 
     ``blocks``: the bytes to read instead of ``data``'s (a later section of it), whose row
     numbers follow ``first_row``. ``restart(comment text)`` (unquoted layouts): True when
@@ -124,14 +124,16 @@ def parse(
                         account.reject(row, kind, text[:500])  # "invalid <column>" from a typed column
                 rows = record_no[is_valid].astype(np.int64)
                 base += int(is_record.sum())
-            if joined and joined_rows + len(rows) > join_rows:
-                yield _join(joined)
-                joined, joined_rows = [], 0
+            if join_rows <= 0:
+                yield Block(table, rows)
+                continue
             joined.append(Block(table, rows))
             joined_rows += len(rows)
-            if joined_rows >= join_rows:
-                yield _join(joined)
-                joined, joined_rows = [], 0
+            while joined_rows >= join_rows:
+                # exactly join_rows rows (a block cut where they end: slices, no copies)
+                block, joined = _take(joined, join_rows)
+                joined_rows -= join_rows
+                yield block
     except LayoutChange as change:
         if joined:
             yield _join(joined)
@@ -147,6 +149,21 @@ def _join(blocks: list[Block]) -> Block:
     if len(blocks) == 1:
         return blocks[0]
     return Block(pa.concat_tables([block.table for block in blocks]), np.concatenate([block.rows for block in blocks]))
+
+
+def _take(blocks: list[Block], count: int) -> tuple[Block, list[Block]]:
+    """The first ``count`` rows of ``blocks`` as one Block, and the blocks that remain."""
+    taken: list[Block] = []
+    for i, block in enumerate(blocks):
+        if count < len(block.rows):
+            taken.append(Block(block.table.slice(0, count), block.rows[:count]))
+            rest = Block(block.table.slice(count), block.rows[count:])
+            return _join(taken), [rest] + blocks[i + 1:]
+        taken.append(block)
+        count -= len(block.rows)
+        if count == 0:
+            return _join(taken), blocks[i + 1:]
+    return _join(taken), []
 
 
 def _native_blocks(blocks, layout: Layout, classify, comment, flowparse, workers: int, restart=None):
