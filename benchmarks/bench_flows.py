@@ -12,9 +12,11 @@ best of each compared; gates on same-run ratios only.
 The scan writes JSON Lines as `connscan flows` does: from the evaluator's columns
 (FlowFindings, FindingWriter.write_flow_findings), no Finding object per row.
 The issue's target, the whole scan with findings written in at most 1.5x that read, is
-NOT met on every run: at 5M rows nfdump 1.3x-1.5x, Zeek 2.2x (pyarrow reads the
+met for nfdump (1.2x-1.5x at 5M rows) and NOT for Zeek (1.95x-2.25x: pyarrow reads the
 smaller Zeek file faster; the scan's cost is mostly per row and per finding, about the
-same for both formats); the pipeline with rules that flag nothing is 0.7x-1.5x. Each test
+same for both formats); the pipeline with rules that flag nothing is 0.8x-0.9x. On this
+shared machine pyarrow's read is now and then much slower for a whole test (all rounds),
+which flatters the ratio: compare the printed read time with its usual value. Each test
 prints whether the target is met; the gates are regression guards at the level reached
 (NFDUMP_GUARD, ZEEK_GUARD, QUIET_GUARD). Peak memory of a separate ``connscan flows``
 process (signatures and DB-IP included; sampled with psutil) must stay under 500 MB.
