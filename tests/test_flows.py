@@ -420,6 +420,48 @@ def test_cli_flows_goes_on_counting_when_the_reader_goes_away(tmp_path, c2_evalu
     assert json.loads(stats.read_text())["records_scanned"] == len(flows) * 20
 
 
+def test_cli_flows_runs_with_pandas_hidden_and_the_same_findings(tmp_path, c2_evaluator):
+    """pyarrow would import pandas (tens of MB) for `connscan flows`; the CLI hides it for the
+    run and makes it importable again afterwards. Its findings equal the in-process run's."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("pandas") is None:
+        pytest.skip("pandas is not installed: nothing to hide")
+    flows, c2, _ = c2_evaluator
+    iocs = tmp_path / "iocs.txt"
+    iocs.write_text("\n".join(c2) + "\n")
+    log = tmp_path / "conn.log"
+    write_zeek_tsv(log, flows)
+    code, expected, _, _ = _cli(tmp_path, "--iocs", str(iocs), str(log))
+    out = tmp_path / "hidden.jsonl"
+    script = (
+        "import sys\n"
+        "from connscan import cli\n"
+        f"code = cli.main({['flows', '--iocs', str(iocs), '--relevant-countries', '', '--format', 'jsonl', '--output', str(out), '--progress', 'never', str(log)]!r})\n"
+        "print(code, 'pandas' in sys.modules)\n"
+        "import pandas\n"  # importable again after the run
+        "print(pandas.DataFrame({'a': [1]}).shape)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.stdout.split("\n")[:2] == [f"{code} False", "(1, 1)"], proc.stderr
+    hidden = [json.loads(line) for line in out.read_text().splitlines()]
+    assert expected and [dict(f, time=None) for f in hidden] == [dict(f, time=None) for f in expected]
+
+
+def test_pandas_hidden_only_when_asked_and_not_loaded():
+    import sys
+
+    with cli.pandas_hidden(hide=False):
+        assert cli._NoPandas not in sys.meta_path
+    with cli.pandas_hidden():
+        assert (cli._NoPandas in sys.meta_path) == ("pandas" not in sys.modules)
+    assert cli._NoPandas not in sys.meta_path
+
+
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
 def test_compressed_netflow_capture_reads_like_the_plain_one(tmp_path, compress):
     """A compressed NetFlow file is decoded through the decompressed stream, not the path."""

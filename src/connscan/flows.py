@@ -69,7 +69,7 @@ DEFAULT_HOME_NETS = (
 )
 
 EXIT_NOTHING_SCANNED = 3
-_DIRECTIONS = pa.array(["outbound", "inbound", "unknown"])
+_DIRECTIONS = ("outbound", "inbound", "unknown")
 
 
 def home_engine_for(cidrs: Iterable[str] | None = None):
@@ -199,7 +199,7 @@ def evaluate_ends(ends: FlowEnds, evaluator, file: str | None) -> FlowFindings |
             "lport": pc.if_else(flipped, dport, sport).cast(pa.int32()),
             "rport": pc.if_else(flipped, sport, dport).cast(pa.int32()),
             "proto": taken.column("proto"),
-            "direction": _DIRECTIONS.take(pa.array(direction)),
+            "direction": pa.array(_DIRECTIONS).take(pa.array(direction)),
             "row": taken.column("row"),
         })
 
