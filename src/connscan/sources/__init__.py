@@ -57,10 +57,10 @@ BATCH_SCHEMA = pa.schema(
     ]
 )
 
-# About nine 4 MB blocks of nfdump CSV, four and a half of Zeek: the per-batch Python work
-# of every stage counts once per 196k rows (131k: 4-7% slower end to end, 65k about 10%
-# slower again; 262k: over the memory budget of `connscan flows`).
-DEFAULT_BATCH_ROWS = 196_608
+# About six 4 MB blocks of nfdump CSV, three of Zeek: the per-batch Python work of every
+# stage counts once per 131k rows (65k: about 10% slower end to end; 196k: no faster within
+# the noise, for 20-50 MB more at the peak; 262k: over the memory budget of `connscan flows`).
+DEFAULT_BATCH_ROWS = 131_072
 DEFAULT_BLOCK_BYTES = 4 << 20  # small enough to stay in cache between split and gather
 
 FORMATS = (
