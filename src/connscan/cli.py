@@ -303,7 +303,10 @@ def pandas_hidden(hide: bool = True) -> Iterator[None]:
     pyarrow imports pandas, when installed, as soon as it converts arrays (to recognise
     pandas objects): about 30 MB of peak memory and 0.1 s of start-up that connscan's scans
     never use. pyarrow works without it; the Dask path, which passes pandas frames around,
-    runs with ``hide=False``."""
+    runs with ``hide=False``. Afterwards pandas imports again; pyarrow, having once found
+    none, recognises pandas objects again after its first explicit pandas call
+    (``to_pandas``, ``from_pandas``): this matters only to a program that runs ``main``
+    in-process and then hands pandas objects to ``pa.array``."""
     if not hide or "pandas" in sys.modules:
         yield
         return
