@@ -307,6 +307,60 @@ def test_zeek_without_fields_header_fixture():
     assert table.column("proto").to_pylist() == ["", ""]  # no proto column: unknown
 
 
+def _zeek_rows(path) -> list[dict]:
+    """Independent parse of a Zeek TSV fixture: its #fields names and tab-split data lines."""
+    lines = Path(path).read_text().splitlines()
+    names = next(line.split("\t")[1:] for line in lines if line.startswith("#fields"))
+    return [dict(zip(names, line.split("\t"))) for line in lines if line and not line.startswith("#")]
+
+
+@pytest.mark.parametrize("name, src, dst, sport, dport", [
+    ("scripts.base.frameworks.logging.field-name-map__conn.log", "src", "dst", "src_port", "dst_port"),
+    ("scripts.base.frameworks.logging.scope_sep__conn.log", "id_orig_h", "id_resp_h", "id_orig_p", "id_resp_p"),
+])
+def test_zeek_renamed_fields_fixture(name, src, dst, sport, dport):
+    """Zeek's field name map and another scope separator rename id.orig_h & co.: found."""
+    expected = _zeek_rows(TEST_DATA / FLOWS / name)
+    fmt, table, account = read_all(TEST_DATA / FLOWS / name)
+    assert fmt == "zeek-tsv" and len(expected) == 34
+    assert table.column("src").to_pylist() == [row[src] for row in expected]
+    assert table.column("dst").to_pylist() == [row[dst] for row in expected]
+    assert table.column("sport").to_pylist() == [int(row[sport]) for row in expected]
+    assert table.column("dport").to_pylist() == [int(row[dport]) for row in expected]
+    assert table.column("proto").to_pylist() == [row["proto"] for row in expected]
+    assert account.records_read == 34 and accounted(account) and not account.rejected
+
+
+def test_zeek_columns_option_names_other_fields(tmp_path):
+    """--columns picks fields no rule would recognise, and a clash of roles is refused."""
+    path = tmp_path / "conn.log"
+    path.write_text(_zeek_section(["ts", "peer_a", "peer_b", "pa", "pb"],
+                                  [{"ts": "1700000000.5", "peer_a": "10.0.0.1", "peer_b": "8.8.8.8", "pa": 5353, "pb": 53}]))
+    with pytest.raises(InputError, match="--columns src="):
+        read_all(path)
+    columns = {"src": "peer_a", "dst": "peer_b", "sport": "pa", "dport": "pb"}
+    _, table, account = read_all(path, options=ReaderOptions(columns=columns))
+    assert table.column("src").to_pylist() == ["10.0.0.1"] and table.column("dst").to_pylist() == ["8.8.8.8"]
+    assert table.column("sport").to_pylist() == [5353] and table.column("dport").to_pylist() == [53]
+    assert table.column("start").cast(pa.int64()).to_pylist() == [1_700_000_000_500_000]
+    with pytest.raises(InputError, match="two roles"):
+        read_all(path, options=ReaderOptions(columns={**columns, "dport": "pa"}))
+
+
+def test_zeek_json_scope_separator_and_columns(tmp_path):
+    """Zeek JSON with scope separator "_" is recognised; --columns names other keys."""
+    path = tmp_path / "conn.json"
+    records = [{"ts": 1700000000.25, "uid": "C1", "id_orig_h": "10.0.0.1", "id_orig_p": 5353, "id_resp_h": "8.8.8.8",
+                "id_resp_p": 53, "proto": "udp", "a": "10.0.0.2", "b": "1.1.1.1"}]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    fmt, table, account = read_all(path)
+    assert fmt == "zeek-json" and accounted(account)
+    assert table.column("src").to_pylist() == ["10.0.0.1"] and table.column("dport").to_pylist() == [53]
+    assert table.column("start").cast(pa.int64()).to_pylist() == [1_700_000_000_250_000]
+    _, table, _ = read_all(path, options=ReaderOptions(columns={"src": "a", "dst": "b"}))
+    assert table.column("src").to_pylist() == ["10.0.0.2"] and table.column("dst").to_pylist() == ["1.1.1.1"]
+
+
 def test_zeek_without_addresses_is_a_clear_error():
     with pytest.raises(InputError, match="id.orig_h"):
         read_all(TEST_DATA / FLOWS / "core.reporter-limit-reached-weird__conn.log")

@@ -537,7 +537,7 @@ def add_flow_options(parser) -> None:
     group.add_argument("--input-format", choices=FORMATS, help="skip detection and read every input as this format")
     group.add_argument("--tz", metavar="ZONE", help="time zone of nfdump -o csv local times (default: this host's zone)")
     group.add_argument("--event-types", metavar="TYPE,..", help="Suricata event types to evaluate (default: every event with addresses)")
-    group.add_argument("--columns", metavar="ROLE=NAME,..", help="column names for generic CSV/Parquet: src=..,dst=..,sport=..,dport=..,proto=..,start=..")
+    group.add_argument("--columns", metavar="ROLE=NAME,..", help="column names for generic CSV/Parquet and renamed Zeek fields: src=..,dst=..,sport=..,dport=..,proto=..,start=..")
     group.add_argument("--home-net", metavar="CIDR,..", help="home networks: their side of a flow is local (default: RFC 1918, RFC 6598, loopback, link-local, ULA)")
     group.add_argument("--aggregate", action="store_true", default=None, help="one finding per (local, remote, remote port, reasons) with count, first_seen, last_seen")
     group.add_argument("--rejects", metavar="FILE", help="write every rejected record (file, row, reason) as JSON Lines")

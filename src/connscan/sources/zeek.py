@@ -2,8 +2,10 @@
 ``(empty)``) and JSON lines; conn.log and any log with ``id.orig_h``/``id.resp_h``.
 
 Also read: btest-style TSV without ``#fields`` whose first non-comment line names the
-columns, timestamps masked as ``XXXXXXXXXX.XXXXXX`` (start becomes null), and several logs
-concatenated into one file (a header block per log, fields that may differ).
+columns, timestamps masked as ``XXXXXXXXXX.XXXXXX`` (start becomes null), several logs
+concatenated into one file (a header block per log, fields that may differ), and renamed
+fields: another scope separator (``id_orig_h``), Zeek's field name map (``src``,
+``dst_ip``, ... found by the common names of tabular.py) or ``--columns``.
 """
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ from connscan.errors import InputError
 from connscan.sources import ReaderOptions, SourceAccount, _batch, jsonlines
 from connscan.sources.compression import ByteSource
 from connscan.sources.delimited import EPOCH_S, PORT, Layout, LayoutChange, parse
+from connscan.sources.tabular import resolve_columns
 
 ROLES = {"src": "id.orig_h", "dst": "id.resp_h", "sport": "id.orig_p", "dport": "id.resp_p", "proto": "proto", "start": "ts"}
+# A scope separator other than "." (Log::default_scope_sep), as in id_orig_h.
+_SCOPED_ORIG = re.compile(r"id(.+)orig_h")
 
 
 def sniff(head: bytes) -> str | None:
@@ -30,7 +35,8 @@ def sniff(head: bytes) -> str | None:
         if line.startswith(b"#") or not line.strip():
             continue
         if line.startswith(b"{"):
-            return "zeek-json" if b'"id.orig_h"' in line or b'"id":{"orig_h"' in line.replace(b" ", b"") else None
+            flat = line.replace(b" ", b"")
+            return "zeek-json" if any(key in flat for key in (b'"id.orig_h"', b'"id_orig_h"', b'"id":{"orig_h"')) else None
         names = line.rstrip(b"\r").split(b"\t")
         # a header line of Zeek field names (zeek-cut style, no #fields)
         return "zeek-tsv" if b"id.orig_h" in names or b"uid" in names else None
@@ -50,7 +56,7 @@ def read_tsv(data: ByteSource, account: SourceAccount, options: ReaderOptions) -
         raise InputError(f"{account.name}: Zeek log without a #fields header or a header line")
     blocks, first_row = None, 0
     while True:
-        layout, roles = _layout(account, separator, names)
+        layout, roles = _layout(account, separator, names, options.columns)
 
         def restart(text: str, separator=separator, names=names) -> bool:
             """A comment line that opens another header block (or changes the fields)."""
@@ -110,18 +116,40 @@ def _lines(data: bytes, whole_only: bool = False) -> Iterator[bytes]:
         yield data[start:]
 
 
-def _layout(account: SourceAccount, separator: str, names: list[str]) -> tuple[Layout, dict[str, str]]:
+def _layout(account: SourceAccount, separator: str, names: list[str], overrides: dict[str, str] | None = None
+            ) -> tuple[Layout, dict[str, str]]:
     if len(separator) != 1 or separator in "\r\n":
         raise InputError(f"{account.name}: Zeek separator {separator!r} is not one character other than a line break")
-    if "id.orig_h" not in names or "id.resp_h" not in names:
-        raise InputError(f"{account.name}: Zeek log without id.orig_h/id.resp_h columns (fields: {', '.join(names)})")
-    roles = {role: col for role, col in ROLES.items() if col in names}
+    roles = _roles(names, overrides)
+    if "src" not in roles or "dst" not in roles:
+        raise InputError(f"{account.name}: Zeek log without id.orig_h/id.resp_h columns or renamed ones such as "
+                         f"src/dst (fields: {', '.join(names)}); name them with --columns src=..,dst=..")
+    shared = {column for column in roles.values() if list(roles.values()).count(column) > 1}
+    if shared:
+        raise InputError(f"{account.name}: column(s) {', '.join(sorted(shared))} named for two roles "
+                         f"({', '.join(f'{role}={column}' for role, column in roles.items())})")
     kinds = {roles[r]: PORT for r in ("sport", "dport") if r in roles}
     if "start" in roles:
         kinds[roles["start"]] = EPOCH_S
     layout = Layout(names=_unique(names), wanted=list(roles.values()), delimiter=separator, kinds=kinds,
                     roles={v: k for k, v in roles.items()})
     return layout, roles
+
+
+def _roles(names: list[str], overrides: dict[str, str] | None) -> dict[str, str]:
+    """role -> column: ``--columns`` first, then Zeek's own names (with the scope separator
+    the log uses), then the common names of renamed fields (Zeek's field name map)."""
+    scoped = next((found.group(1) for found in map(_SCOPED_ORIG.fullmatch, names) if found), ".")
+    known = resolve_columns(names, None)
+    roles = {}
+    for role, zeek_name in ROLES.items():
+        column = zeek_name.replace(".", scoped)
+        column = column if column in names else known.get(role)
+        if column is not None:
+            roles[role] = column
+    if overrides:
+        roles.update({role: column for role, column in resolve_columns(names, overrides).items() if role in overrides})
+    return roles
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -134,11 +162,15 @@ def _unique(names: list[str]) -> list[str]:
 
 
 def _field(obj: dict, dotted: str):
+    """A field by its Zeek name: flat (``id.orig_h``), nested (``{"id": {"orig_h": ..}}``)
+    or with the scope separator "_" (``id_orig_h``)."""
     if dotted in obj:
         return obj[dotted]
     outer, _, inner = dotted.partition(".")
     nested = obj.get(outer)
-    return nested.get(inner) if isinstance(nested, dict) else None
+    if isinstance(nested, dict):
+        return nested.get(inner)
+    return obj.get(f"{outer}_{inner}") if inner else None
 
 
 def json_time(value) -> int | None:
@@ -157,18 +189,19 @@ def json_time(value) -> int | None:
 
 
 def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
+    keys = {**ROLES, **(options.columns or {})}  # --columns names other keys (dotted: nested)
     for records in jsonlines.records(data, account, options.block_bytes):
         rows, src, dst, sport, dport, proto, start = [], [], [], [], [], [], []
         for row, obj in records:
-            orig, resp = _field(obj, "id.orig_h"), _field(obj, "id.resp_h")
+            orig, resp = _field(obj, keys["src"]), _field(obj, keys["dst"])
             if orig is None or resp is None:
-                account.skip("no id.orig_h/id.resp_h")
+                account.skip(f"no {keys['src']}/{keys['dst']}")
                 continue
             rows.append(row)
             src.append(jsonlines.text_or_none(orig))
             dst.append(jsonlines.text_or_none(resp))
-            sport.append(jsonlines.port_or_unset(_field(obj, "id.orig_p")))
-            dport.append(jsonlines.port_or_unset(_field(obj, "id.resp_p")))
-            proto.append(jsonlines.text_or_none(obj.get("proto")) or "")
-            start.append(json_time(obj.get("ts")))
+            sport.append(jsonlines.port_or_unset(_field(obj, keys["sport"])))
+            dport.append(jsonlines.port_or_unset(_field(obj, keys["dport"])))
+            proto.append(jsonlines.text_or_none(_field(obj, keys["proto"])) or "")
+            start.append(json_time(_field(obj, keys["start"])))
         yield from _batch.batches_from_lists(account, rows, src, dst, sport, dport, proto, start, options.batch_rows)
