@@ -574,6 +574,19 @@ def test_parquet_and_arrow_ipc(tmp_path, kind):
     assert table.column("start")[5].as_py() == datetime.fromtimestamp(1_700_000_005, timezone.utc)
 
 
+def test_parquet_unsigned_and_float_ports(tmp_path):
+    """uint16 ports (flow exporters) and float64 ports with NaN gaps (pandas) are ports."""
+    rows = _sample_rows(50)
+    dport = [float("nan") if i % 7 == 0 else float(r[3]) for i, r in enumerate(rows)]
+    data = pa.table({"src_ip": [r[0] for r in rows], "dst_ip": [r[1] for r in rows],
+                     "src_port": pa.array([r[2] for r in rows], pa.uint16()), "dst_port": pa.array(dport, pa.float64())})
+    pq.write_table(data, tmp_path / "flows.parquet")
+    _, table, account = read_all(tmp_path / "flows.parquet")
+    assert table.column("sport").to_pylist() == [r[2] for r in rows]
+    assert table.column("dport").to_pylist() == [-1 if d != d else int(d) for d in dport]
+    assert account.records_scanned == len(rows) and accounted(account) and not account.rejected
+
+
 # --------------------------------------------------------------------------- compression, stdin, errors
 
 
@@ -698,15 +711,46 @@ def test_lower_letters_refuses_offsets_outside_the_data(flowparse):
     assert flowparse.lower_letters(np.array([3, 1], np.int32), np.frombuffer(b"tcpudp", np.uint8)) == (False, None)
 
 
-@given(values=st.lists(st.integers(-3, 70000), max_size=30), nulls=st.booleans())
-def test_parse_ports_of_integer_columns(values, nulls):
+_PORT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64(),
+               pa.float32(), pa.float64()]
+
+
+@given(data=st.data(), port_type=st.sampled_from(_PORT_TYPES), nulls=st.booleans())
+def test_parse_ports_of_numeric_columns(data, port_type, nulls):
+    """Any integer width and sign, and floats (pandas' ports with gaps): each value decided
+    as written out per value; NaN and null are unknown, never malformed."""
     from connscan.sources import _batch
 
-    column = pa.array([None if nulls and i % 3 == 0 else v for i, v in enumerate(values)], pa.int32())
+    if pa.types.is_floating(port_type):
+        element = st.one_of(st.floats(-3, 70000, width=port_type.bit_width, allow_nan=False), st.integers(-3, 70000).map(float),
+                            st.just(float("nan")))
+    else:
+        info = np.iinfo(port_type.to_pandas_dtype())
+        element = st.one_of(st.integers(max(int(info.min), -3), min(int(info.max), 70000)),
+                            st.integers(int(info.min), int(info.max)))
+    values = data.draw(st.lists(element, max_size=30))
+    column = pa.array([None if nulls and i % 3 == 0 else v for i, v in enumerate(values)], port_type)
+
+    def port(v):  # (value, malformed)
+        if v is None or v != v:
+            return -1, False
+        if v != int(v) or not -1 <= v <= 65535:
+            return -1, True
+        return int(v), False
+
     ports, bad = _batch.parse_ports(column)
-    raw = column.to_pylist()
-    assert bad.tolist() == [v is not None and not -1 <= v <= 65535 for v in raw]
-    assert ports.tolist() == [v if v is not None and -1 <= v <= 65535 else -1 for v in raw]
+    expected = [port(v) for v in column.to_pylist()]
+    assert ports.tolist() == [value for value, _ in expected]
+    assert bad.tolist() == [malformed for _, malformed in expected]
+
+
+def test_parse_ports_of_text_with_gaps_and_other_types():
+    from connscan.sources import _batch
+
+    ports, bad = _batch.parse_ports(pa.array(["80", " 443 ", "-", "x", None, "65536"]))
+    assert ports.tolist() == [80, 443, -1, -1, -1, -1] and bad.tolist() == [False, False, False, True, False, True]
+    ports, bad = _batch.parse_ports(pa.array([True, None]))  # no port number: malformed, null unknown
+    assert ports.tolist() == [-1, -1] and bad.tolist() == [True, False]
 
 
 # wall-clock instants next to zone transitions (gaps, overlaps, 30-minute shifts)

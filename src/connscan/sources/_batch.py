@@ -73,10 +73,22 @@ def parse_ports(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         bad = (values < -1) | (values > 65535)
         if not bad.any():
             return values, bad
-    if pa.types.is_integer(column.type):
-        values = column.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        bad = (values < -1) | (values > 65535)
-        return np.where(bad, -1, values).astype(np.int32), bad
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        # any width and sign (Parquet ports are often uint16) or float (pandas writes ports
+        # with gaps as float64, the gaps NaN): numpy compares without wrapping or casting
+        known = column.is_valid().to_numpy(zero_copy_only=False)
+        raw = pc.fill_null(column, pa.scalar(0, column.type)).to_numpy(zero_copy_only=False)
+        if raw.dtype.kind == "f":
+            known &= ~np.isnan(raw)
+            whole = (raw == np.floor(raw)) & (raw >= -1) & (raw <= 65535)
+        else:
+            whole = (raw <= 65535) if raw.dtype.kind == "u" else (raw >= -1) & (raw <= 65535)
+        values = np.full(len(raw), -1, np.int32)
+        values[known & whole] = raw[known & whole]
+        return values, known & ~whole
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            or pa.types.is_dictionary(column.type)):
+        column = column.cast(pa.string())  # booleans, decimals, ...: their text decides
     try:
         ints = pc.cast(column, pa.int32())
         values = ints.fill_null(-1).to_numpy(zero_copy_only=False)
@@ -88,7 +100,7 @@ def parse_ports(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         pass
     # rare path: unset markers or malformed entries; decide each, still vectorised
     text = pc.utf8_trim_whitespace(column)
-    unset = pc.is_in(text, value_set=pa.array(UNSET)).fill_null(True).to_numpy(zero_copy_only=False)
+    unset = pc.or_(pc.is_in(text, value_set=pa.array(UNSET)), pc.is_null(text)).to_numpy(zero_copy_only=False)
     digits = pc.match_substring_regex(text, r"^[0-9]{1,5}$").fill_null(False)
     values = pc.cast(pc.if_else(digits, text, pa.scalar(None, pa.string())), pa.int32()).fill_null(-1).to_numpy(zero_copy_only=False)
     bad = ~unset & (~digits.to_numpy(zero_copy_only=False) | (values > 65535))
