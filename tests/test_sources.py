@@ -587,6 +587,36 @@ def test_parquet_unsigned_and_float_ports(tmp_path):
     assert account.records_scanned == len(rows) and accounted(account) and not account.rejected
 
 
+@pytest.mark.parametrize("kind", ["parquet", "arrow"])
+def test_nested_ecs_columns_are_found(tmp_path, kind):
+    """ECS-style structs (source.ip inside a source column) are columns like flat ones;
+    a column whose type has no text form is a clear error, not a crash."""
+    rows = _sample_rows(20)
+    data = pa.table({
+        "source": pa.array([{"ip": r[0], "port": r[2]} for r in rows]),
+        "destination": pa.array([{"ip": r[1], "port": r[3], "geo": {"country": "XX"}} for r in rows]),
+        "network": pa.array([{"transport": r[4]} for r in rows]),
+    })
+    path = tmp_path / f"flows.{kind}"
+    if kind == "parquet":
+        pq.write_table(data, path, row_group_size=8)
+    else:
+        import pyarrow.ipc as ipc
+
+        with ipc.new_file(str(path), data.schema) as writer:
+            writer.write_table(data, max_chunksize=8)
+    _, table, account = read_all(path)
+    assert table.column("src").to_pylist() == [r[0] for r in rows]
+    assert table.column("dst").to_pylist() == [r[1] for r in rows]
+    assert table.column("sport").to_pylist() == [r[2] for r in rows]
+    assert table.column("dport").to_pylist() == [r[3] for r in rows]
+    assert table.column("proto").to_pylist() == [{"6": "tcp"}.get(r[4], r[4]) for r in rows]
+    assert account.records_scanned == len(rows) and accounted(account)
+    pq.write_table(pa.table({"src_ip": pa.array([["10.0.0.1"]]), "dst_ip": ["8.8.8.8"]}), tmp_path / "list.parquet")
+    with pytest.raises(InputError, match=r"src_ip \(src\) is of type list"):
+        read_all(tmp_path / "list.parquet")
+
+
 # --------------------------------------------------------------------------- compression, stdin, errors
 
 

@@ -1,7 +1,8 @@
 """Generic tables: CSV/TSV with a header line, Parquet and Arrow IPC (file or stream).
 
 Columns are found by their common names (``src_ip``, ``srcaddr``, ``source.ip``, ...,
-case-insensitive) or named with ``--columns src=..,dst=..,sport=..,dport=..,proto=..,start=..``.
+case-insensitive) or named with ``--columns src=..,dst=..,sport=..,dport=..,proto=..,start=..``;
+in Parquet and Arrow the fields of struct columns are named ``outer.inner`` (ECS ``source.ip``).
 """
 from __future__ import annotations
 
@@ -141,25 +142,60 @@ def read_columnar(data: ByteSource, account: SourceAccount, options: ReaderOptio
     try:
         if fmt == "parquet":
             parquet = pq.ParquetFile(source)
-            names = parquet.schema_arrow.names
-            roles = _require(account, names, options)
-            batches = parquet.iter_batches(batch_size=options.batch_rows, columns=list(dict.fromkeys(roles.values())))
+            roles = _require_typed(account, parquet.schema_arrow, options)
+            top = [column.split(".", 1)[0] if column not in parquet.schema_arrow.names else column for column in roles.values()]
+            batches = parquet.iter_batches(batch_size=options.batch_rows, columns=list(dict.fromkeys(top)))
         else:
             reader = _open_ipc(ipc, source)
-            names = reader.schema.names
-            roles = _require(account, names, options)
+            roles = _require_typed(account, reader.schema, options)
             batches = _ipc_batches(reader)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{account.name}: unreadable {fmt} file: {exc}") from exc
     row = 0
     try:
-        for batch in batches:
+        for batch in map(_flattened, batches):
             n = batch.num_rows
             rows = np.arange(row + 1, row + n + 1, dtype=np.int64)
             row += n
             yield from _batch.batches_from_table(account, rows, batch, roles, options.batch_rows, generic_times)
     except (pa.ArrowInvalid, OSError) as exc:
         account.damage(f"{fmt} data unreadable after {row} records ({exc})")
+
+
+def _require_typed(account: SourceAccount, schema: pa.Schema, options: ReaderOptions) -> dict[str, str]:
+    """_require over the flattened columns, each of a type whose values have a text form
+    (a list or map column cannot hold an address, port or time)."""
+    types = _flat_types(schema)
+    roles = _require(account, list(types), options)
+    for role, column in roles.items():
+        try:
+            pa.array([], types[column]).cast(pa.string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+            raise InputError(f"{account.name}: column {column} ({role}) is of type {types[column]}, "
+                             "which holds no address, port, protocol or time") from None
+    return roles
+
+
+def _flat_types(schema: pa.Schema, prefix: str = "") -> dict[str, pa.DataType]:
+    """Column name -> type, the fields of struct columns named "outer.inner" (ECS-style
+    ``source.ip`` nested in a ``source`` struct), as _flattened makes them."""
+    types = {}
+    for field in schema:
+        if pa.types.is_struct(field.type):
+            types.update(_flat_types(pa.schema(list(field.type)), f"{prefix}{field.name}."))
+        else:
+            types[prefix + field.name] = field.type
+    return types
+
+
+def _flattened(batch: pa.RecordBatch) -> pa.RecordBatch | pa.Table:
+    """``batch`` with its struct columns replaced by their fields (see _flat_types)."""
+    if not any(pa.types.is_struct(field.type) for field in batch.schema):
+        return batch
+    table = pa.Table.from_batches([batch])
+    while any(pa.types.is_struct(field.type) for field in table.schema):
+        table = table.flatten()
+    return table
 
 
 def _ipc_batches(reader) -> Iterator[pa.RecordBatch]:
