@@ -361,6 +361,17 @@ def test_zeek_json_scope_separator_and_columns(tmp_path):
     assert table.column("src").to_pylist() == ["10.0.0.2"] and table.column("dst").to_pylist() == ["1.1.1.1"]
 
 
+def test_zeek_json_times_outside_the_calendar_are_unknown(tmp_path):
+    """A damaged ts (1e300, Infinity, NaN, beyond year 9999) is no time, not an overflow."""
+    path = tmp_path / "conn.json"
+    times = ["1e300", "-1e300", "Infinity", "NaN", "253402300800", "253402300799.5", "-62135596800", "true", "1700000000"]
+    path.write_text("".join(f'{{"ts": {ts}, "id.orig_h": "10.0.0.1", "id.resp_h": "8.8.8.8"}}\n' for ts in times))
+    _, table, account = read_all(path, "zeek-json")
+    expected = [None, None, None, None, None, 253402300799_500000, -62135596800_000000, None, 1700000000_000000]
+    assert table.column("start").cast(pa.int64()).to_pylist() == expected
+    assert account.records_scanned == len(times) and accounted(account)
+
+
 def test_zeek_without_addresses_is_a_clear_error():
     with pytest.raises(InputError, match="id.orig_h"):
         read_all(TEST_DATA / FLOWS / "core.reporter-limit-reached-weird__conn.log")

@@ -173,10 +173,14 @@ def _field(obj: dict, dotted: str):
     return obj.get(f"{outer}_{inner}") if inner else None
 
 
+_FIRST_S, _END_S = -62_135_596_800, 253_402_300_800  # 0001-01-01 and 10000-01-01 in epoch seconds
+
+
 def json_time(value) -> int | None:
     """Zeek JSON ``ts``: epoch seconds (number) or ISO 8601 text -> epoch microseconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return round(value * 1_000_000)
+        # years 1..9999 only (NaN fails too): a damaged number is no time, not an overflow
+        return round(value * 1_000_000) if _FIRST_S <= value < _END_S else None
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
