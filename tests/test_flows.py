@@ -326,6 +326,54 @@ def test_cli_flows_accounts_for_every_record(tmp_path, c2_evaluator):
     assert [(r["file"], r["row"]) for r in rejected] == [(str(bad), 3)]
 
 
+def _merged_intervals(networks) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """The union of ipaddress networks as disjoint (version, first, last) intervals, and
+    their (version, first) starts."""
+    spans = sorted((n.version, int(n.network_address), int(n.broadcast_address)) for n in networks)
+    merged: list[list[int]] = []
+    for version, first, last in spans:
+        if merged and merged[-1][0] == version and first <= merged[-1][2] + 1:
+            merged[-1][2] = max(merged[-1][2], last)
+        else:
+            merged.append([version, first, last])
+    return [tuple(m) for m in merged], [(m[0], m[1]) for m in merged]
+
+
+def test_cli_flows_firehol_level1_does_not_flag_every_internal_host(tmp_path, shared_data):
+    """firehol_level1 lists the private ranges as bogons: left out by default, a real
+    Trickbot capture scanned with level1 + level4 gives C2 findings exactly for the flows
+    with an end in the lists' other entries (computed here with ipaddress); with the
+    bogons kept, every flow would be one."""
+    import bisect
+
+    lists = [shared_data / f"c2/firehol/firehol_level{n}.netset" for n in (1, 4)]
+    log = shared_data / "flows/zeek-malware-conn/trickbot-2018-11-conn.log"
+    private = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                                                 "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4")]
+    networks = [ipaddress.ip_network(line.strip(), strict=False) for path in lists for line in path.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    listed = [n for n in networks if not any(n.version == p.version and p.subnet_of(n) for p in private)]
+    assert 0 < len(networks) - len(listed) < 20  # level1's bogons
+    intervals, starts = _merged_intervals(listed)
+
+    def is_listed(text):
+        address = ipaddress.ip_address(text)
+        k = bisect.bisect_right(starts, (address.version, int(address))) - 1
+        return k >= 0 and intervals[k][0] == address.version and intervals[k][1] <= int(address) <= intervals[k][2]
+
+    lines = log.read_text().splitlines()
+    names = next(line.split("\t")[1:] for line in lines if line.startswith("#fields"))
+    rows = [dict(zip(names, line.split("\t"))) for line in lines if line and not line.startswith("#")]
+    expected = {number for number, row in enumerate(rows, 1) if is_listed(row["id.orig_h"]) or is_listed(row["id.resp_h"])}
+    assert 0 < len(expected) < len(rows) / 10
+    iocs = [arg for path in lists for arg in ("--iocs", str(path))]
+    code, found, stats, _ = _cli(tmp_path, *iocs, str(log))
+    assert code == 1 and stats["records_scanned"] == len(rows)
+    assert {line["row"] for line in found if any(r["kind"] == "c2" for r in line["reasons"])} == expected
+    code, found, _, _ = _cli(tmp_path, *iocs, "--keep-special-ranges", str(log))
+    assert {line["row"] for line in found if any(r["kind"] == "c2" for r in line["reasons"])} == set(range(1, len(rows) + 1))
+
+
 def test_cli_flows_aggregate_and_nothing_scanned(tmp_path, c2_evaluator):
     flows, c2, _ = c2_evaluator
     iocs = tmp_path / "iocs.txt"

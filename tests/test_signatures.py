@@ -56,6 +56,24 @@ def span_of(sigs: SignatureSet, index: int) -> tuple[int, int, int]:
     return 6, int(s_hi[j]) << 64 | int(s_lo[j]), int(e_hi[j]) << 64 | int(e_lo[j])
 
 
+# The ranges hosts use among themselves (RFC 1918, RFC 6598, loopback, link-local, multicast,
+# reserved, ULA): written out here, from the IANA registries, not taken from the loader.
+LOCAL_USE = [ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8")]
+
+
+def covers_local_use(span: tuple[int, int, int]) -> bool:
+    """Whether a (family, first, last) span holds a whole local-use range: a bogon entry."""
+    family, first, last = span
+    return any(net.version == family and first <= int(net.network_address) and int(net.broadcast_address) <= last
+               for net in LOCAL_USE)
+
+
+def is_bogon_warning(warning: str) -> bool:
+    return "bogon entries, not C2 servers" in warning
+
+
 # -- formats --------------------------------------------------------------------------------
 
 def test_thor_c2_file_descriptions_scores_and_families():
@@ -472,10 +490,25 @@ def test_real_firehol_level4(shared_data):
     _check_sample(sigs, entries, path, seed=4)
 
 
-def test_real_firehol_level1_keeps_private_ranges(shared_data):
-    sigs = SignatureSet.load(shared_data / "c2/firehol/firehol_level1.netset")
+def test_real_firehol_level1_bogons_are_left_out_unless_kept(shared_data):
+    """firehol_level1 lists the private ranges (as bogons): matched, they would flag every
+    internal host. Left out with a warning naming them; kept on request."""
+    path = shared_data / "c2/firehol/firehol_level1.netset"
+    entries = [(n, l.strip()) for n, l in enumerate(path.read_text().splitlines(), 1) if l.strip() and not l.startswith("#")]
+    bogons = [(n, e) for n, e in entries if covers_local_use(expected_span(e))]
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"} <= {e for _, e in bogons}
+    sigs = SignatureSet.load(path)
     networks = {sigs.network(i) for i in range(len(sigs))}
-    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= networks
+    assert len(sigs) == len(entries) - len(bogons) and not networks & {e for _, e in bogons}
+    assert "192.0.2.0/24" in networks  # documentation ranges carry no traffic: kept
+    [warning] = [w for w in sigs.warnings if is_bogon_warning(w)]
+    assert f"{len(bogons)} entries" in warning and f"line {bogons[1][0]}: {bogons[1][1]}" in warning
+    assert sigs.files[0].special == len(bogons)
+    kept = SignatureSet.load(path, keep_special_ranges=True)
+    assert len(kept) == len(entries) and {"10.0.0.0/8", "192.168.0.0/16"} <= {kept.network(i) for i in range(len(kept))}
+    assert not any(is_bogon_warning(w) for w in kept.warnings)
+    allow = SignatureSet.load(path, kind="allowlist")  # an allowlist of private ranges is meant
+    assert len(allow) == len(entries)
 
 
 def test_real_feodo_csv(shared_data):
@@ -527,17 +560,22 @@ def test_round_trip_random_entries_against_ipaddress(tmp_path_factory, entries, 
     path = tmp_path_factory.mktemp("rt") / "random.txt"
     path.write_bytes(newline.join(entries).encode())
     sigs = SignatureSet.load(path)
-    assert len(sigs) == len(entries)
+    kept = [entry for entry in entries if not covers_local_use(expected_span(entry))]  # bogons left out
+    assert len(sigs) == len(kept)
     host_bits = 0
-    for i, entry in enumerate(entries):
-        assert span_of(sigs, i) == expected_span(entry), entry
+    for entry in entries:
         if "/" in entry:
             net = ipaddress.ip_network(entry, strict=False)
             host_bits += int(ipaddress.ip_interface(entry).ip) != int(net.network_address)
-            if expected_span(entry)[0] == net.version:
-                assert sigs[i].network == str(net)
-    assert len(sigs.warnings) == host_bits
-    assert all(" has host bits set, using " in w for w in sigs.warnings)
+    for i, entry in enumerate(kept):
+        assert span_of(sigs, i) == expected_span(entry), entry
+        net = ipaddress.ip_network(entry, strict=False) if "/" in entry else None
+        if net is not None and expected_span(entry)[0] == net.version:
+            assert sigs[i].network == str(net)
+    bogon_warnings = [w for w in sigs.warnings if is_bogon_warning(w)]
+    assert len(bogon_warnings) == (len(kept) < len(entries))
+    assert len(sigs.warnings) - len(bogon_warnings) == host_bits
+    assert all(" has host bits set, using " in w for w in sigs.warnings if not is_bogon_warning(w))
 
 
 def _oracle(token: str) -> tuple[int, int, int] | None:
@@ -564,9 +602,10 @@ def test_fuzz_every_line_is_a_signature_or_a_warning(tmp_path_factory, lines):
     path.write_text("\n".join(lines))
     sigs = SignatureSet.load(path, strict=False)
     loaded = {int(s.source.rsplit(":", 1)[1]): i for i, s in enumerate(sigs)}
-    line_warnings = [w for w in sigs.warnings if w != f"{path}: no signatures in this file"]
+    line_warnings = [w for w in sigs.warnings if w != f"{path}: no signatures in this file" and not is_bogon_warning(w)]
     rejected = {int(w.split(": ", 1)[0].rsplit(":", 1)[1])
                 for w in line_warnings if "has host bits set" not in w}
+    bogons = 0
     for number, line in enumerate(lines, 1):
         token = line.strip()
         if not token:
@@ -574,10 +613,14 @@ def test_fuzz_every_line_is_a_signature_or_a_warning(tmp_path_factory, lines):
         expected = _oracle(token)
         if expected is None:
             assert number in rejected and number not in loaded, token
+        elif covers_local_use(expected):
+            assert number not in loaded and number not in rejected, token
+            bogons += 1
         else:
             assert number in loaded and number not in rejected, token
             assert span_of(sigs, loaded[number]) == expected, token
-    assert len(loaded) + len(rejected) == sum(bool(line.strip()) for line in lines)
+    assert len(loaded) + len(rejected) + bogons == sum(bool(line.strip()) for line in lines)
+    assert sigs.files[0].special == bogons
 
 
 def test_bounds_of_networks_and_ranges():

@@ -110,6 +110,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     sig.add_argument("--allowlist", action="append", metavar="PATH",
                      help="allowlisted networks (same formats); entries without a score get "
                           "allowlist_score (default -50); repeatable")
+    sig.add_argument("--keep-special-ranges", action="store_true", default=None,
+                     help="also match C2 entries that cover a whole private, loopback, link-local or multicast "
+                          "range (10.0.0.0/8, ...: bogon entries of lists like firehol_level1, left out by default)")
     sig.add_argument("--geoip", metavar="PATH",
                      help="MaxMind DB country database (default: embedded DB-IP Country Lite)")
     rules = parser.add_argument_group("rules (README: Rules and defaults)")
@@ -161,7 +164,8 @@ def build_context(args: argparse.Namespace) -> ScanContext:
     file_settings = load_config_file(config_path) if config_path else {}
     settings = resolve_settings(_flags(args), file_settings, config_path)
     notes = []
-    c2 = SignatureSet.load(settings.iocs) if settings.iocs else SignatureSet.from_networks([])
+    c2 = (SignatureSet.load(settings.iocs, keep_special_ranges=settings.keep_special_ranges) if settings.iocs
+          else SignatureSet.from_networks([]))
     if not settings.iocs:
         notes.append("no C2 signature list configured (--iocs or 'iocs' in --config): "
                      "only the GeoIP, port and direct-Internet rules apply")
@@ -202,7 +206,8 @@ def _compiled_engine(engine_class, signatures, geoip, settings: Settings):
     from connscan.errors import CacheError
     from connscan.geoip import default_cache_dir
 
-    key = hashlib.sha256(f"connscan {__version__}\0{geoip.sha256}\0{settings.rules.allowlist_score}".encode())
+    key = hashlib.sha256(f"connscan {__version__}\0{geoip.sha256}\0{settings.rules.allowlist_score}"
+                         f"\0{settings.keep_special_ranges}".encode())
     for kind, paths in (("c2", settings.iocs), ("allowlist", settings.allowlist)):
         for path in paths:
             with open(path, "rb") as handle:  # readable: SignatureSet.load just read it

@@ -33,7 +33,7 @@ _LIST_KEYS = {"iocs", "allowlist", "relevant_countries", "allow_processes", "no_
 _STRING_KEYS = {"geoip", "format", "output", "stats", "tag", "fail_level"}
 _NUMBER_KEYS = {"geoip_score", "geoip_score_inbound", "port_score", "direct_internet_score",
                 "allow_process_score", "allowlist_score", "notice", "warning", "alert"}
-_BOOL_KEYS = {"all_connections", "include_loopback", "builtin_suspicious_ports"}
+_BOOL_KEYS = {"all_connections", "include_loopback", "builtin_suspicious_ports", "keep_special_ranges"}
 _INT_KEYS = {"max_reasons"}
 _TABLE_KEYS = {"suspicious_ports", "flows"}
 KNOWN_KEYS = _LIST_KEYS | _STRING_KEYS | _NUMBER_KEYS | _BOOL_KEYS | _INT_KEYS | _TABLE_KEYS
@@ -53,6 +53,7 @@ class Settings:
     tag: str = "connscan"
     fail_level: str = "Alert"
     include_loopback: bool = False
+    keep_special_ranges: bool = False  # match C2 entries that cover a whole special-purpose range
     flows: dict[str, Any] = field(default_factory=dict)  # [flows] table, for connscan flows
     config_path: str | None = None
 
@@ -199,6 +200,7 @@ def resolve_settings(flags: dict[str, Any], config_file: dict[str, Any] | None =
         tag=tag,
         fail_level=LEVEL_NAMES[fail_level],
         include_loopback=bool(merged.get("include_loopback", False)),
+        keep_special_ranges=bool(merged.get("keep_special_ranges", False)),
         flows=dict(flows),
         config_path=config_path,
     )

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from connscan.errors import ConfigError
 from connscan.findings import Finding, Reason
-from connscan.signatures import KINDS
+from connscan.signatures import KINDS, SPECIAL_PURPOSE_NETWORKS
 
 __all__ = [
     "BUILTIN_SUSPICIOUS_PORTS",
@@ -62,16 +62,6 @@ BUILTIN_SUSPICIOUS_PORTS: dict[int, tuple[int, str]] = {
     9001: (40, "Tor relay ORPort default"),
     9030: (40, "Tor relay DirPort default"),
 }
-
-# IANA special-purpose registries (IPv4 RFC 6890 and successors, IPv6 likewise): an address
-# inside one of these is not "the public Internet" for the direct-Internet rule.
-SPECIAL_PURPOSE_NETWORKS: tuple[str, ...] = (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-    "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
-    "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-    "::/128", "::1/128", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
-)
-
 
 def _builtin_ports() -> dict[int, float]:
     return {port: float(score) for port, (score, _) in BUILTIN_SUSPICIOUS_PORTS.items()}

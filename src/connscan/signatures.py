@@ -12,6 +12,11 @@ Formats, detected per file from its content (and name where that helps):
 
 An entry is an IPv4/IPv6 address, a CIDR or a range ``a-b``; ``::ffff:a.b.c.d`` (and CIDRs
 of length >= 96 inside ``::ffff:0:0/96``) is IPv4.
+
+C2 entries that cover a whole range of local use (LOCAL_USE_NETWORKS: ``10.0.0.0/8``,
+``127.0.0.0/8``, ``224.0.0.0/4``, ...) are bogon entries of firewall lists such as
+firehol_level1, not C2 servers: they are not matched (a warning per file says how many),
+unless ``keep_special_ranges``. Matched, they would flag every internal host.
 """
 from __future__ import annotations
 
@@ -27,9 +32,29 @@ import numpy as np
 
 from connscan.errors import SignatureError
 
-__all__ = ["Signature", "SignatureFile", "SignatureSet"]
+__all__ = ["LOCAL_USE_NETWORKS", "SPECIAL_PURPOSE_NETWORKS", "Signature", "SignatureFile", "SignatureSet"]
 
 KINDS = ("c2", "allowlist")
+
+# IANA special-purpose registries (IPv4 RFC 6890 and successors, IPv6 likewise): private,
+# shared, loopback, link-local, documentation, benchmarking, multicast, reserved.
+SPECIAL_PURPOSE_NETWORKS: tuple[str, ...] = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+    "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
+)
+# The special-purpose ranges that hosts use among themselves (private, shared, loopback,
+# link-local, multicast, reserved): a C2 entry covering one whole is a bogon entry and would
+# flag every internal host. Documentation and benchmarking ranges carry no real traffic.
+LOCAL_USE_NETWORKS: tuple[str, ...] = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+)
+_LOCAL_USE_BLOCKS: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+for _net in map(ipaddress.ip_network, LOCAL_USE_NETWORKS):
+    _LOCAL_USE_BLOCKS[_net.version].append((int(_net.network_address), int(_net.broadcast_address)))
+_SMALLEST_V4_BLOCK = min(end - start for start, end in _LOCAL_USE_BLOCKS[4])
 
 # Strict dotted quad (no leading zeros, octets <= 255) with an optional prefix: the fast
 # path; anything else goes through ipaddress.
@@ -76,6 +101,7 @@ class SignatureFile(NamedTuple):
     signatures: int  # address signatures
     domains: int
     skipped: int  # bad lines skipped (strict=False)
+    special: int = 0  # C2 entries covering a whole range of local use (bogons), not matched
 
 
 class _BadEntry(ValueError):
@@ -140,12 +166,19 @@ def _parse_slow(token: str) -> tuple[int, int, int, int, str | None]:
     return family, start, start + size - 1, prefix, note
 
 
+def covers_local_range(family: int, start: int, end: int) -> bool:
+    """Whether the addresses start..end (IPv4 or IPv6 integers) hold a whole range of
+    LOCAL_USE_NETWORKS."""
+    return any(start <= first and last <= end for first, last in _LOCAL_USE_BLOCKS[family])
+
+
 class _Loader:
     """Collects the entries of one load() call in columns, file by file."""
 
-    def __init__(self, strict: bool, kind: str, default_score: int):
+    def __init__(self, strict: bool, kind: str, default_score: int, keep_special_ranges: bool = True):
         self.strict = strict
         self.kind = KINDS.index(kind)
+        self.skip_special = kind == "c2" and not keep_special_ranges
         self.default_score = default_score
         self.family: list[int] = []  # 4 or 6, per signature
         self.v4: tuple[list[int], list[int]] = ([], [])  # (start, end) of the IPv4 ones
@@ -165,6 +198,7 @@ class _Loader:
         self._path = ""
         self._file_id = -1
         self._skipped = 0
+        self._special: list[str] = []  # this file's entries that cover a range of local use
 
     # -- per file ---------------------------------------------------------------------------
     def begin(self, path: str) -> None:
@@ -172,13 +206,20 @@ class _Loader:
         self._file_id = len(self.files)
         self.files.append(path)
         self._skipped = 0
+        self._special = []
 
     def finish(self, fmt: str, first_index: int, first_domain: int) -> None:
         count = len(self.family) - first_index
         domains = len(self.domains) - first_domain
-        if count == 0 and domains == 0:
+        if self._special:
+            shown = ", ".join(self._special[:3]) + (", ..." if len(self._special) > 3 else "")
+            self.warnings.append(
+                f"{self._path}: {len(self._special)} entries cover whole private, loopback, link-local or "
+                f"multicast ranges and are not matched: bogon entries, not C2 servers ({shown}; "
+                "--keep-special-ranges matches them)")
+        elif count == 0 and domains == 0:
             self.warnings.append(f"{self._path}: no signatures in this file")
-        self.summaries.append(SignatureFile(self._path, fmt, count, domains, self._skipped))
+        self.summaries.append(SignatureFile(self._path, fmt, count, domains, self._skipped, len(self._special)))
 
     def bad(self, line: int, reason: str) -> None:
         message = f"{self._path}:{line}: {reason}"
@@ -231,6 +272,9 @@ class _Loader:
                 return
             if note is not None:
                 self.warnings.append(f"{self._path}:{line}: {note}")
+        if self.skip_special and (family == 6 or end - start >= _SMALLEST_V4_BLOCK) and covers_local_range(family, start, end):
+            self._special.append(f"line {line}: {token}")
+            return
         self.family.append(family)
         starts, ends = self.v4 if family == 4 else self.v6
         starts.append(start)
@@ -473,16 +517,18 @@ class SignatureSet:
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def load(cls, paths: str | Path | Iterable[str | Path], strict: bool = True,
-             kind: str = "c2", score: int | None = None) -> SignatureSet:
+             kind: str = "c2", score: int | None = None, keep_special_ranges: bool = False) -> SignatureSet:
         """Read signature files of any supported format.
 
         ``score`` is the score of entries that carry none (default 100, -100 for
         ``kind="allowlist"``). strict: a bad line raises SignatureError ("file:line:
-        reason"); otherwise it is skipped and listed in ``warnings``.
+        reason"); otherwise it is skipped and listed in ``warnings``. C2 entries that
+        cover a whole range of local use are left out with a warning per file (see the
+        module docstring) unless ``keep_special_ranges``.
         """
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        loader = _Loader(strict, _check_kind(kind), _default_score(kind, score))
+        loader = _Loader(strict, _check_kind(kind), _default_score(kind, score), keep_special_ranges)
         for path in paths:
             loader.load_file(str(path))
         return cls._from_loader(loader)
