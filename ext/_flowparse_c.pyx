@@ -17,6 +17,10 @@ Column kinds (``kinds[j]``): 0 text (Arrow string offsets + bytes); 1 port (int3
 mask: an impossible date is null, not an error); 3 epoch seconds "123[.456]" and 4 epoch
 milliseconds "123" (int64 microseconds + validity; masked values like "XXXXXXXXXX.XXXXXX"
 are null).
+
+``open_quote_lines(block, delimiter)`` finds, for quoted CSV (which pyarrow parses), the
+lines that leave a quoted value open: the reader rejects them instead of letting the
+parser read the next lines into the value.
 """
 import sys
 
@@ -40,7 +44,7 @@ cdef extern from *:
     /* Bits j of *delims / *breaks: p[j] is c / a line feed, over the 64 bytes at p (all
        readable); one load per 16 bytes serves both. */
     static inline void connscan_masks64(const unsigned char* p, unsigned char c,
-                                        unsigned long long* delims, unsigned long long* breaks) {
+                                        uint64_t* delims, uint64_t* breaks) {
     #if defined(__SSE2__)
         __m128i needle = _mm_set1_epi8((char)c), lf = _mm_set1_epi8(10);
         unsigned long long d = 0, b = 0;
@@ -613,3 +617,48 @@ def lower_letters(const int32_t[::1] offsets, const uint8_t[::1] data):
         for i in range(first, last):
             out[i] |= 0x20
     return True, lowered
+
+
+def open_quote_lines(const uint8_t[::1] block, int delimiter, int quote=34):
+    """The lines of ``block`` that end inside a quoted value, read one line at a time by
+    the rules of pyarrow's CSV parser: a quote opens a value only at the start of a field,
+    a doubled quote inside it is one quote, the next quote closes it. Lines end at LF, CR
+    or CRLF. Returns ``(starts int64[k], ends int64[k])``, each line's bytes without its
+    line break. (A CSV parser would read the following lines into such a value.)"""
+    if not 0 <= delimiter <= 255 or not 0 <= quote <= 255 or delimiter == quote or 10 in (delimiter, quote) or 13 in (delimiter, quote):
+        raise ValueError("delimiter and quote must be two different bytes other than CR and LF")
+    cdef Py_ssize_t size = block.shape[0], i = 0, line_start = 0, k = 0
+    if size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cdef const uint8_t* p = &block[0]
+    cdef uint8_t c, d = <uint8_t>delimiter, q = <uint8_t>quote
+    cdef int state = 0  # 0 at the start of a field, 1 in an unquoted part, 2 in a quoted part
+    cdef cnp.ndarray[int64_t, ndim=1] out_start = np.empty(16, np.int64), out_end = np.empty(16, np.int64)
+    while i <= size:
+        c = p[i] if i < size else 10  # the end of the block ends its last line
+        if c == 10 or c == 13:
+            if state == 2 and i > line_start:
+                if k == out_start.shape[0]:
+                    out_start = np.resize(out_start, 2 * k)
+                    out_end = np.resize(out_end, 2 * k)
+                out_start[k] = line_start
+                out_end[k] = i
+                k += 1
+            if c == 13 and i + 1 < size and p[i + 1] == 10:
+                i += 1
+            state = 0
+            line_start = i + 1
+        elif state == 2:
+            if c == q:
+                if i + 1 < size and p[i + 1] == q:
+                    i += 1  # a doubled quote: one quote in the value
+                else:
+                    state = 1
+        elif c == d:
+            state = 0
+        elif state == 0 and c == q:
+            state = 2
+        else:
+            state = 1
+        i += 1
+    return out_start[:k].copy(), out_end[:k].copy()

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import zstandard
@@ -724,6 +725,56 @@ def test_normalise_proto_equals_the_per_value_names(values):
     # the reference: the plain per-value function on every row
     expected = [_batch.proto_name(v or "") for v in values]
     assert _batch.normalise_proto(pa.array(values, pa.string())).to_pylist() == expected
+
+
+def _pyarrow_swallows(line: bytes, delimiter: bytes) -> bool:
+    """Independent oracle: whether pyarrow's CSV parser reads the line after ``line`` into
+    one of its values (the three lines then make fewer than three records)."""
+    rows = []
+    table = pacsv.read_csv(io.BytesIO(b"A\n" + line + b"\nZ\n"), pacsv.ReadOptions(autogenerate_column_names=True),
+                           pacsv.ParseOptions(delimiter=delimiter.decode(), invalid_row_handler=lambda row: rows.append(1) or "skip"))
+    return table.num_rows + len(rows) < 3
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=(st.text(st.characters(max_codepoint=0x7F, blacklist_characters="\r\n"), max_size=12)
+             | st.text(alphabet='"a,;x ', max_size=14)).map(str.encode),
+       delimiter=st.sampled_from([b",", b";"]))
+def test_open_quote_lines_agree_with_pyarrow(flowparse, line, delimiter):
+    """A line is reported exactly when pyarrow would read the next line into its value."""
+    if not line or line.isspace():  # pyarrow skips blank lines
+        return
+    starts, ends = flowparse.open_quote_lines(line, ord(delimiter))
+    assert (len(starts) == 1) == _pyarrow_swallows(line, delimiter)
+    assert len(starts) == 0 or (starts.tolist(), ends.tolist()) == ([0], [len(line)])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(block=st.text(alphabet='"a,\r\n\t', max_size=60).map(str.encode))
+def test_open_quote_lines_equal_the_twin_on_blocks(flowparse, block):
+    from connscan import _flowparse_py
+
+    expected = _flowparse_py.open_quote_lines(block, ord(","))
+    starts, ends = flowparse.open_quote_lines(block, ord(","))
+    assert (starts.tolist(), ends.tolist()) == (expected[0].tolist(), expected[1].tolist())
+    for start, end in zip(starts.tolist(), ends.tolist()):  # whole lines, without their breaks
+        assert start == 0 or block[start - 1] in b"\r\n"
+        assert end == len(block) or block[end] in b"\r\n"
+        assert not set(block[start:end]) & set(b"\r\n")
+        assert _pyarrow_swallows(block[start:end], b",")
+
+
+def test_stray_quote_rejects_its_line_only(tmp_path):
+    """An open quote in a CSV flow line rejects that record; the lines after it are read
+    (a CSV parser alone would have read them into the open value)."""
+    path = tmp_path / "flows.csv"
+    lines = ["10.0.0.1,8.8.8.8,\"open", "10.0.0.2,8.8.4.4,b\"", "10.0.0.3,1.1.1.1,\"a,b\"", "10.0.0.4,9.9.9.9,\"x\"\"", "10.0.0.5,2.2.2.2,c"]
+    path.write_text("src_ip,dst_ip,note\n" + "\r\n".join(lines) + "\n")
+    _, table, account = read_all(path, "csv", options=ReaderOptions(columns={"src": "src_ip", "dst": "dst_ip"}))
+    assert table.column("src").to_pylist() == ["10.0.0.2", "10.0.0.3", "10.0.0.5"]
+    assert table.column("row").to_pylist() == [2, 3, 5]
+    assert account.records_read == 5 and accounted(account)
+    assert account.rejected == {"unbalanced quote (a value would run into the next lines)": 2}
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

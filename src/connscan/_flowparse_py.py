@@ -155,3 +155,42 @@ def lower_letters(offsets, data):
     lowered = np.array(data, dtype=np.uint8)
     lowered[offsets[0]:offsets[n]] = np.frombuffer(text.lower(), np.uint8)
     return True, lowered
+
+
+def open_quote_lines(block, delimiter: int, quote: int = 34):
+    """The lines that end inside a quoted value (see _flowparse_c.open_quote_lines)."""
+    if not 0 <= delimiter <= 255 or not 0 <= quote <= 255 or delimiter == quote or {10, 13} & {delimiter, quote}:
+        raise ValueError("delimiter and quote must be two different bytes other than CR and LF")
+    data = bytes(block)
+    starts, ends = [], []
+    position = 0
+    for line in re.split(rb"(\r\n|\r|\n)", data):
+        if line in (b"\r\n", b"\r", b"\n"):
+            position += len(line)
+            continue
+        if line and _ends_quoted(line, delimiter, quote):
+            starts.append(position)
+            ends.append(position + len(line))
+        position += len(line)
+    return np.array(starts, np.int64), np.array(ends, np.int64)
+
+
+def _ends_quoted(line: bytes, delimiter: int, quote: int) -> bool:
+    """Whether reading ``line`` field by field leaves a quoted value open at its end."""
+    at, n = 0, len(line)
+    while True:  # at the start of a field
+        if at < n and line[at] == quote:
+            at += 1
+            while True:  # in the quoted part: "" is a quote, " closes it
+                close = line.find(bytes([quote]), at)
+                if close < 0:
+                    return True
+                if close + 1 < n and line[close + 1] == quote:
+                    at = close + 2
+                    continue
+                at = close + 1
+                break
+        end = line.find(bytes([delimiter]), at)  # the unquoted rest of the field
+        if end < 0:
+            return False
+        at = end + 1

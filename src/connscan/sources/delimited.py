@@ -92,10 +92,10 @@ def parse(
     logs); the records before it are yielded, then LayoutChange is raised.
     """
     blocks = _skip_prefix(data.blocks(block_bytes) if blocks is None else blocks, skip_bytes)
+    flowparse = _native.load("flowparse", impl)
     if layout.quoting:
-        parts = _arrow_blocks(blocks, layout, block_bytes, classify, comment)
+        parts = _arrow_blocks(blocks, layout, block_bytes, classify, comment, flowparse)
     else:
-        flowparse = _native.load("flowparse", impl)
         parts = _native_blocks(blocks, layout, classify, comment, flowparse, SPLIT_WORKERS if workers is None else workers,
                                restart)
     base = first_row  # data records so far
@@ -248,8 +248,9 @@ def _arrow_column(kind: int, column, n: int) -> pa.Array:
     return pa.array(micros[:n], pa.int64(), mask=~valid[:n]).cast(pa.timestamp("us"))
 
 
-def _arrow_blocks(blocks, layout: Layout, block_bytes: int, classify, comment):
-    """The same through pyarrow's CSV parser (quoted fields)."""
+def _arrow_blocks(blocks, layout: Layout, block_bytes: int, classify, comment, flowparse):
+    """The same through pyarrow's CSV parser (quoted fields; a line that leaves a quote
+    open is rejected, see _mark_unbalanced_quotes)."""
     read_options = pacsv.ReadOptions(column_names=layout.names, use_threads=False, block_size=max(block_bytes + 1, 1 << 20))
     convert_options = pacsv.ConvertOptions(
         include_columns=layout.wanted,
@@ -258,8 +259,12 @@ def _arrow_blocks(blocks, layout: Layout, block_bytes: int, classify, comment):
     )
     for block in blocks:
         invalid: list[tuple[int, str, str, int]] = []
+        block, unbalanced = _mark_unbalanced_quotes(block, layout.delimiter, flowparse)
 
-        def handler(row, invalid=invalid):
+        def handler(row, invalid=invalid, unbalanced=unbalanced):
+            if row.text in unbalanced:
+                invalid.append((row.number - 1, UNBALANCED_QUOTE, unbalanced[row.text], row.actual_columns))
+                return "skip"
             kind = COMMENT if comment and row.text.startswith(comment) else classify(row.text)
             # row.number counts the non-blank lines of this parse, from 1
             invalid.append((row.number - 1, kind, row.text, row.actual_columns))
@@ -271,13 +276,40 @@ def _arrow_blocks(blocks, layout: Layout, block_bytes: int, classify, comment):
             invalid_row_handler=handler,
         )
         try:
-            table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options)
-        except pa.ArrowInvalid:
-            # typically bytes that are not UTF-8: such fields can only be rejected downstream
-            invalid.clear()
-            cleaned = block.decode("utf-8", "replace").encode("utf-8")
-            table = pacsv.read_csv(pa.py_buffer(cleaned), read_options, parse_options, convert_options)
+            block.decode("utf-8")
+        except UnicodeDecodeError:
+            # bytes that are not UTF-8 become U+FFFD: such fields are rejected downstream (and
+            # pyarrow can hand the invalid-row handler no text for them)
+            block = block.decode("utf-8", "replace").encode("utf-8")
+        table = pacsv.read_csv(pa.py_buffer(block), read_options, parse_options, convert_options)
         yield table, table.num_rows + len(invalid), invalid
+
+
+UNBALANCED_QUOTE = "unbalanced quote (a value would run into the next lines)"
+
+
+def _mark_unbalanced_quotes(block, delimiter: str, flowparse) -> tuple[bytes, dict[str, str]]:
+    """``block`` with each line that leaves a quoted value open replaced by a one-field
+    marker line, and marker -> the line's text.
+
+    Flow records never hold a line break, but a CSV parser reads the lines after an open
+    quote into its value: one stray quote would swallow them, silently. Marked, such a line
+    is one rejected record and the lines after it are read as usual.
+    """
+    if block.find(b'"') < 0:
+        return block, {}
+    starts, ends = flowparse.open_quote_lines(block, ord(delimiter))
+    if len(starts) == 0:
+        return block, {}
+    markers: dict[str, str] = {}
+    pieces, at = [], 0
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        marker = f"connscan-unbalanced-quote-{len(markers)}"
+        markers[marker] = bytes(block[start:end]).decode("utf-8", "replace")
+        pieces += [bytes(block[at:start]), marker.encode()]
+        at = end
+    pieces.append(bytes(block[at:]))
+    return b"".join(pieces), markers
 
 
 def _skip_prefix(blocks: Iterator[bytes], skip: int) -> Iterator[bytes]:
