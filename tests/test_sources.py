@@ -346,6 +346,12 @@ def test_zeek_columns_option_names_other_fields(tmp_path):
     assert table.column("start").cast(pa.int64()).to_pylist() == [1_700_000_000_500_000]
     with pytest.raises(InputError, match="two roles"):
         read_all(path, options=ReaderOptions(columns={**columns, "dport": "pa"}))
+    # names this log lacks (a run that also reads generic CSV) leave Zeek's own names in place
+    standard = tmp_path / "standard.log"
+    standard.write_text(_zeek_section(["ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p"],
+                                      [{"ts": "1.0", "id.orig_h": "10.0.0.3", "id.orig_p": 1, "id.resp_h": "9.9.9.9", "id.resp_p": 2}]))
+    _, table, _ = read_all(standard, options=ReaderOptions(columns=columns))
+    assert table.column("src").to_pylist() == ["10.0.0.3"] and table.column("dport").to_pylist() == [2]
 
 
 def test_zeek_json_scope_separator_and_columns(tmp_path):
@@ -360,6 +366,8 @@ def test_zeek_json_scope_separator_and_columns(tmp_path):
     assert table.column("start").cast(pa.int64()).to_pylist() == [1_700_000_000_250_000]
     _, table, _ = read_all(path, options=ReaderOptions(columns={"src": "a", "dst": "b"}))
     assert table.column("src").to_pylist() == ["10.0.0.2"] and table.column("dst").to_pylist() == ["1.1.1.1"]
+    _, table, account = read_all(path, options=ReaderOptions(columns={"src": "peer_a", "dst": "peer_b"}))  # not here
+    assert table.column("src").to_pylist() == ["10.0.0.1"] and account.records_scanned == 1
 
 
 def test_zeek_json_times_outside_the_calendar_are_unknown(tmp_path):

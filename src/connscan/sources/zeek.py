@@ -138,7 +138,10 @@ def _layout(account: SourceAccount, separator: str, names: list[str], overrides:
 
 def _roles(names: list[str], overrides: dict[str, str] | None) -> dict[str, str]:
     """role -> column: ``--columns`` first, then Zeek's own names (with the scope separator
-    the log uses), then the common names of renamed fields (Zeek's field name map)."""
+    the log uses), then the common names of renamed fields (Zeek's field name map).
+
+    A ``--columns`` name this log lacks is passed over, not an error: one run can read
+    generic CSV (which the option names) and ordinary Zeek logs side by side."""
     scoped = next((found.group(1) for found in map(_SCOPED_ORIG.fullmatch, names) if found), ".")
     known = resolve_columns(names, None)
     roles = {}
@@ -147,8 +150,11 @@ def _roles(names: list[str], overrides: dict[str, str] | None) -> dict[str, str]
         column = column if column in names else known.get(role)
         if column is not None:
             roles[role] = column
-    if overrides:
-        roles.update({role: column for role, column in resolve_columns(names, overrides).items() if role in overrides})
+    folded = {name.lower(): name for name in names}
+    for role, column in (overrides or {}).items():
+        found = column if column in names else folded.get(column.lower())
+        if found is not None:
+            roles[role] = found
     return roles
 
 
@@ -193,19 +199,28 @@ def json_time(value) -> int | None:
 
 
 def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
-    keys = {**ROLES, **(options.columns or {})}  # --columns names other keys (dotted: nested)
+    # --columns names other keys (dotted: nested); a record without them has Zeek's own
+    keys = {role: (options.columns[role], name) if role in (options.columns or {}) else (name,) for role, name in ROLES.items()}
+
+    def field(obj, role):
+        for key in keys[role]:
+            value = _field(obj, key)
+            if value is not None:
+                return value
+        return None
+
     for records in jsonlines.records(data, account, options.block_bytes):
         rows, src, dst, sport, dport, proto, start = [], [], [], [], [], [], []
         for row, obj in records:
-            orig, resp = _field(obj, keys["src"]), _field(obj, keys["dst"])
+            orig, resp = field(obj, "src"), field(obj, "dst")
             if orig is None or resp is None:
-                account.skip(f"no {keys['src']}/{keys['dst']}")
+                account.skip(f"no {'/'.join(keys['src'])} or no {'/'.join(keys['dst'])}" if options.columns else "no id.orig_h/id.resp_h")
                 continue
             rows.append(row)
             src.append(jsonlines.text_or_none(orig))
             dst.append(jsonlines.text_or_none(resp))
-            sport.append(jsonlines.port_or_unset(_field(obj, keys["sport"])))
-            dport.append(jsonlines.port_or_unset(_field(obj, keys["dport"])))
-            proto.append(jsonlines.text_or_none(_field(obj, keys["proto"])) or "")
-            start.append(json_time(_field(obj, keys["start"])))
+            sport.append(jsonlines.port_or_unset(field(obj, "sport")))
+            dport.append(jsonlines.port_or_unset(field(obj, "dport")))
+            proto.append(jsonlines.text_or_none(field(obj, "proto")) or "")
+            start.append(json_time(field(obj, "start")))
         yield from _batch.batches_from_lists(account, rows, src, dst, sport, dport, proto, start, options.batch_rows)
