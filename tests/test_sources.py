@@ -637,6 +637,49 @@ def test_nested_ecs_columns_are_found(tmp_path, kind):
         read_all(tmp_path / "list.parquet")
 
 
+def _address_oracle(value) -> str:
+    """What an address column value must read as (ipaddress only): "" for no address."""
+    if isinstance(value, int):
+        return str(ipaddress.IPv4Address(value)) if 0 <= value < 2**32 else ""
+    if isinstance(value, bytes) and len(value) in (4, 16):
+        address = ipaddress.ip_address(value)
+        mapped = address.ipv4_mapped if address.version == 6 else None
+        return str(mapped or address)
+    return ""
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), int_type=st.sampled_from([pa.int32(), pa.int64(), pa.uint32(), pa.uint64()]))
+def test_packed_and_numeric_addresses_read_as_text(data, int_type):
+    from connscan.sources import _batch
+
+    info = np.iinfo(int_type.to_pandas_dtype())
+    numbers = data.draw(st.lists(st.none() | st.integers(max(int(info.min), -2), min(int(info.max), 2**32 + 1))
+                                 | st.integers(int(info.min), int(info.max)), max_size=20))
+    assert _batch.address_text(pa.array(numbers, int_type)).to_pylist() == [_address_oracle(v) for v in numbers]
+    packed = data.draw(st.lists(st.none() | st.binary(min_size=0, max_size=17) | st.binary(min_size=4, max_size=4)
+                                | st.binary(min_size=16, max_size=16).map(lambda b: bytes(10) + b"\xff\xff" + b[:4] if b[0] & 1 else b),
+                                max_size=20))
+    for column in (pa.array(packed, pa.binary()), pa.array(packed, pa.large_binary()), pa.array(packed, pa.binary()).dictionary_encode()):
+        assert _batch.address_text(column).to_pylist() == [_address_oracle(v) for v in packed]
+    sixteen = [v for v in packed if v is None or len(v) == 16]
+    assert _batch.address_text(pa.array(sixteen, pa.binary(16))).to_pylist() == [_address_oracle(v) for v in sixteen]
+
+
+def test_parquet_with_packed_addresses(tmp_path):
+    """Flow collectors' Parquet: addresses as 16-byte values (IPv4 mapped) and ports as uint16."""
+    rows = _sample_rows(40)
+    packed = [ipaddress.IPv6Address(f"::ffff:{r[0]}").packed for r in rows]
+    dst = [ipaddress.ip_address(r[1]).packed for r in rows]
+    data = pa.table({"src_addr": pa.array(packed, pa.binary(16)), "dst_addr": pa.array(dst, pa.binary()),
+                     "src_port": pa.array([r[2] for r in rows], pa.uint16())})
+    pq.write_table(data, tmp_path / "flows.parquet")
+    _, table, account = read_all(tmp_path / "flows.parquet")
+    assert table.column("src").to_pylist() == [r[0] for r in rows]
+    assert table.column("dst").to_pylist() == [str(ipaddress.ip_address(r[1])) for r in rows]
+    assert account.records_scanned == len(rows) and accounted(account)
+
+
 # --------------------------------------------------------------------------- compression, stdin, errors
 
 

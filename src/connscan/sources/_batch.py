@@ -1,6 +1,7 @@
 """Column conversions shared by the readers: text columns -> the contract batch."""
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 
 import numpy as np
@@ -181,8 +182,8 @@ def flow_batches(
     proto = normalise_proto(proto) if proto is not None else pa.array([""] * n, pa.string())
     start = start.cast(START_TYPE) if start is not None else null_starts(n)
     columns = [
-        _as_string(src),
-        _as_string(dst),
+        address_text(src),
+        address_text(dst),
         pa.array(ports[0], pa.int32()),
         pa.array(ports[1], pa.int32()),
         proto,
@@ -224,6 +225,42 @@ def batches_from_table(account, rows, table, roles, batch_rows, convert_start, p
 def epoch_micros(column: pa.Array) -> pa.Array:
     """Integer epoch microseconds as START_TYPE."""
     return column.cast(pa.int64()).cast(START_TYPE)
+
+
+def address_text(column: pa.Array) -> pa.Array:
+    """An address column as text: text as it is; packed addresses (4 or 16 bytes, as flow
+    collectors store them in Parquet) and IPv4 numbers as the addresses they hold (an
+    IPv4-mapped IPv6 address as its IPv4 form). A value that is none of these becomes ""
+    (an invalid address, rejected downstream)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_integer(kind):
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(kind)
+        if kind == pa.uint64():  # beyond int64: no IPv4 number anyway
+            column = pc.if_else(pc.less_equal(column, pa.scalar(0xFFFFFFFF, kind)), column, pa.scalar(None, kind))
+        return _as_string(_ipv4_numbers_text(column.cast(pa.int64())))
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        encoded = column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
+        texts = pa.array([_packed_address(value) for value in encoded.dictionary.to_pylist()], pa.string())
+        return _as_string(texts.take(encoded.indices))
+    return _as_string(column)
+
+
+def _ipv4_numbers_text(numbers: pa.Array) -> pa.Array:
+    """int64 IPv4 numbers as dotted quads; outside 0..2**32-1: null."""
+    inside = pc.and_(pc.greater_equal(numbers, 0), pc.less_equal(numbers, 0xFFFFFFFF))
+    numbers = pc.if_else(inside, numbers, pa.scalar(None, pa.int64()))
+    octets = [pc.cast(pc.bit_wise_and(pc.shift_right(numbers, shift), 255), pa.string()) for shift in (24, 16, 8, 0)]
+    return pc.binary_join_element_wise(*octets, ".")
+
+
+def _packed_address(value: bytes | None) -> str | None:
+    if value is None or len(value) not in (4, 16):
+        return None
+    address = ipaddress.ip_address(value)
+    return str(getattr(address, "ipv4_mapped", None) or address)
 
 
 def _as_string(column: pa.Array) -> pa.Array:
