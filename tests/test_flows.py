@@ -374,6 +374,38 @@ def test_cli_flows_firehol_level1_does_not_flag_every_internal_host(tmp_path, sh
     assert {line["row"] for line in found if any(r["kind"] == "c2" for r in line["reasons"])} == set(range(1, len(rows) + 1))
 
 
+def test_cli_flows_geoip_findings_on_a_real_capture_equal_the_official_reader(tmp_path, shared_data):
+    """Relevant-region findings of a real Trickbot capture with the embedded DB-IP: the
+    local side chosen by the default home networks and the remote side's country looked up
+    by the official maxminddb reader, both worked out here per flow."""
+    import importlib.resources
+
+    import maxminddb
+
+    log = shared_data / "flows/zeek-malware-conn/trickbot-2018-11-conn.log"
+    home = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                              "127.0.0.0/8", "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10")]
+    lines = log.read_text().splitlines()
+    names = next(line.split("\t")[1:] for line in lines if line.startswith("#fields"))
+    rows = [dict(zip(names, line.split("\t"))) for line in lines if line and not line.startswith("#")]
+    relevant = {"RU", "DE", "CO", "VN", "IR", "KP"}
+    expected, visitors = {}, 0
+    with maxminddb.open_database(str(importlib.resources.files("connscan") / "data" / "dbip-country.mmdb")) as reader:
+        for number, row in enumerate(rows, 1):
+            src, dst = (ipaddress.ip_address(row[k]) for k in ("id.orig_h", "id.resp_h"))
+            src_home, dst_home = (any(a.version == n.version and a in n for n in home) for a in (src, dst))
+            inbound = dst_home and not src_home  # the source is then the remote side
+            record = reader.get(str(src if inbound else dst)) or {}  # DB-IP Lite: country_code; MaxMind: country.iso_code
+            country = record.get("country_code") or (record.get("country") or {}).get("iso_code")
+            if country in relevant and not inbound:  # an inbound visitor alone scores 25: no finding
+                expected[number] = country
+            visitors += country in relevant and inbound
+    assert len(expected) > 100 and visitors > 0
+    code, found, stats, _ = _cli(tmp_path, "--relevant-countries", ",".join(sorted(relevant)), "--suspicious-ports", "", str(log))
+    got = {line["row"]: line.get("country") for line in found if any(r["kind"] == "geoip" for r in line["reasons"])}
+    assert got == expected and stats["records_scanned"] == len(rows)
+
+
 def test_cli_flows_aggregate_and_nothing_scanned(tmp_path, c2_evaluator):
     flows, c2, _ = c2_evaluator
     iocs = tmp_path / "iocs.txt"
