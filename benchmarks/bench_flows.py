@@ -12,9 +12,10 @@ interleaved, best of each compared; gates on same-run ratios only.
 The scan writes JSON Lines as `connscan flows` does: from the evaluator's columns
 (FlowFindings, FindingWriter.write_flow_findings), no Finding object per row.
 The issue's target, the whole scan with findings written in at most 1.5x that read, is
-met for nfdump (1.2x-1.5x at 5M rows; 1.57x in 1 of 18 runs) and NOT for Zeek (1.95x-2.4x: pyarrow reads the
-smaller Zeek file faster; the scan's cost is mostly per row and per finding, about the
-same for both formats); the pipeline with rules that flag nothing is 0.8x-0.9x. On this
+met for nfdump (1.2x-1.5x at 5M rows; 1.57x in 1 of 18 runs) and NOT for Zeek
+(1.95x-2.4x: pyarrow reads the smaller Zeek file faster; the scan's cost is mostly per
+row and per finding, about the same for both formats); the pipeline with rules that flag
+nothing is 0.8x-0.9x. On this
 shared machine pyarrow's read is now and then much slower for a whole test (all rounds),
 which flatters the ratio: compare the printed read time with its usual value. Each test
 prints whether the target is met; the gates are regression guards at the level reached
