@@ -136,10 +136,20 @@ def workload(tmp_path_factory):
     nfdump, zeek = generate(directory, ROWS, planted)
     os.sync()  # the files' write-back would otherwise run during the first measurements
     print(f"\n{len(signatures)} signatures + DB-IP compiled in {build_s:.1f} s; generated {ROWS} rows in {time.perf_counter() - start:.1f} s "
-          f"({nfdump.stat().st_size / 1e6:.0f} MB nfdump CSV, {zeek.stat().st_size / 1e6:.0f} MB Zeek conn.log)")
+          f"({nfdump.stat().st_size / 1e6:.0f} MB nfdump CSV, {zeek.stat().st_size / 1e6:.0f} MB Zeek conn.log)\n"
+          f"baseline: pyarrow {pa.__version__} on {_cpu_model()}, {os.cpu_count()} cores")
     yield engine, nfdump, zeek, signatures
     for path in (nfdump, zeek):
         path.unlink()
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), for the report: ratios differ between machines."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
 
 
 def _pyarrow_read(path: Path, columns: list[str], **parse) -> float:
@@ -241,7 +251,7 @@ def test_nfdump_scan_vs_pyarrow_read(benchmark, workload, tmp_path):
     cli_seconds, peak_mb = _cli_peak(nfdump, tmp_path / "cli.jsonl")
     print(f"connscan flows process (loads 270k signatures too): {cli_seconds:.1f} s wall, peak RSS {peak_mb:.0f} MB")
     benchmark.extra_info.update({"rows": rows, "findings": found, "scan_s": round(seconds, 3), "pyarrow_read_s": round(baseline, 3),
-                                 "ratio": round(seconds / baseline, 2), "peak_rss_mb": round(peak_mb), "cli_s": round(cli_seconds, 1)})
+                                 "ratio": round(seconds / baseline, 2), "pyarrow": pa.__version__, "peak_rss_mb": round(peak_mb), "cli_s": round(cli_seconds, 1)})
     assert found > rows // 200  # the planted hits were found
     assert seconds <= NFDUMP_GUARD * baseline  # regression guard; the 1.5x target is not met on every run
     assert peak_mb < 500
@@ -256,7 +266,7 @@ def test_zeek_scan_vs_pyarrow_read(benchmark, workload, tmp_path):
                                                    lambda: _pyarrow_read(zeek, columns, **parse))
     _report("Zeek conn.log", seconds, baseline, rows, zeek.stat().st_size, found)
     benchmark.extra_info.update({"rows": rows, "findings": found, "scan_s": round(seconds, 3), "pyarrow_read_s": round(baseline, 3),
-                                 "ratio": round(seconds / baseline, 2)})
+                                 "ratio": round(seconds / baseline, 2), "pyarrow": pa.__version__})
     assert found > rows // 200
     assert seconds <= ZEEK_GUARD * baseline  # regression guard; the 1.5x target is not met
 
@@ -287,5 +297,5 @@ def test_nfdump_pipeline_without_findings(benchmark, workload, tmp_path):
     seconds, baseline = min(scans), min(reads)
     print(f"nfdump CSV, no findings: scan {seconds:.2f} s = {ROWS / seconds / 1e6:.2f} M rows/s; "
           f"pyarrow read {baseline:.2f} s; ratio {seconds / baseline:.2f}")
-    benchmark.extra_info.update({"scan_s": round(seconds, 3), "pyarrow_read_s": round(baseline, 3), "ratio": round(seconds / baseline, 2)})
+    benchmark.extra_info.update({"scan_s": round(seconds, 3), "pyarrow_read_s": round(baseline, 3), "ratio": round(seconds / baseline, 2), "pyarrow": pa.__version__})
     assert seconds <= QUIET_GUARD * baseline  # regression guard for the pipeline itself

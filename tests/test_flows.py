@@ -143,6 +143,18 @@ def write_csv(path, flows):
             writer.writerow([src, dst, sp, dp, proto, start.isoformat()])
 
 
+def write_csv_headerless(path, flows):
+    """No header line (read with --columns by field number), a comment line first."""
+    with open(path, "w", newline="") as f:
+        f.write("# exported without a header line\n")
+        writer = csv.writer(f)
+        for src, dst, sp, dp, proto, start in flows:
+            writer.writerow([start.isoformat(), src, sp, dst, dp, proto])
+
+
+HEADERLESS_COLUMNS = {"start": "1", "src": "2", "sport": "3", "dst": "4", "dport": "5", "proto": "6"}
+
+
 def _table(flows):
     return pa.table(
         {
@@ -185,6 +197,7 @@ WRITERS = {
     "suricata-eve": (write_suricata, "suricata-eve", 1),
     "aws-vpc": (write_aws, "aws-vpc", 1_000_000),
     "csv": (write_csv, "csv", 1),
+    "csv-headerless": (write_csv_headerless, "csv", 1),
     "parquet": (write_parquet, "parquet", 1),
     "arrow": (write_arrow, "arrow", 1),
 }
@@ -205,7 +218,9 @@ def test_end_to_end_findings_equal_independent_computation(tmp_path, c2_evaluato
     path = tmp_path / f"flows-{kind}"
     write(path, flows)
     found = []
-    run = scan_paths([str(path)], evaluator, home_engine_for(), options=ReaderOptions(tz="UTC", batch_rows=100), on_findings=found.extend)
+    columns = HEADERLESS_COLUMNS if kind == "csv-headerless" else None
+    run = scan_paths([str(path)], evaluator, home_engine_for(), options=ReaderOptions(tz="UTC", batch_rows=100, columns=columns),
+                     on_findings=found.extend)
     assert run.files[0].format == fmt and not run.files[0].errors
     got = {(f.row, f.lip, f.lport, f.rip, f.rport, f.direction) for f in found}
     expected = expected_findings(flows, c2)
@@ -453,7 +468,11 @@ def test_cli_flow_option_errors_exit_2(tmp_path, capsys):
     assert "--columns" in capsys.readouterr().err
     assert cli.main([*base, "--tz", "Mars/Olympus", str(tmp_path / "f.csv")]) == 2
     assert "Mars/Olympus" in capsys.readouterr().err
-    assert cli.main([*base, "--home-net", "10.0.0.0/33", str(tmp_path / "f.csv")]) == 2
+    assert cli.main([*base, "--home-net", "10.0.0.0/8,10.0.0.0/33", str(tmp_path / "f.csv")]) == 2
+    assert "error: --home-net:2: invalid network '10.0.0.0/33'" in capsys.readouterr().err
+    for columns in ("src=1,dst=dst_ip", "src=0,dst=2"):  # names and numbers mixed; numbers count from 1
+        assert cli.main([*base, "--columns", columns, str(tmp_path / "f.csv")]) == 2
+        assert "every one by its field number from 1" in capsys.readouterr().err
 
 
 def test_cli_event_types_and_columns(tmp_path, c2_evaluator):

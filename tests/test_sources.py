@@ -563,6 +563,44 @@ def test_generic_tsv_with_columns_option(tmp_path):
         read_all(path, "csv")
 
 
+def test_headerless_zeek_log_read_by_field_numbers(shared_data):
+    """A Zeek log written without its header block (btest baseline: ts, uid, orig_h,
+    resp_h, history, service): not a known format by itself, read with field numbers."""
+    path = shared_data / FLOWS / "zeek-btest-baselines" / "tsv" / "supervisor.config-cluster-pcap__zeek.worker.conn.log"
+    with pytest.raises(InputError, match="unknown flow format"):
+        open_source(path)
+    records = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    fmt, table, account = read_all(path, options=ReaderOptions(columns={"src": "3", "dst": "4", "start": "1"}))
+    assert fmt == "csv" and len(records) == 34
+    assert table.column("src").to_pylist() == [r[2] for r in records]
+    assert table.column("dst").to_pylist() == [r[3] for r in records]
+    assert table.column("start").cast(pa.int64()).to_pylist() == [round(float(r[0]) * 1e6) for r in records]
+    assert table.column("row").to_pylist() == list(range(1, 35))
+    assert set(table.column("sport").to_pylist()) == {-1}  # no port columns: unknown
+    assert account.records_read == 34 and accounted(account) and not account.rejected
+
+
+def test_headerless_csv_refusals(tmp_path):
+    rows = _sample_rows(5)
+    path = tmp_path / "flows.txt"
+    path.write_text("".join(f"{r[0]};{r[1]};{r[3]}\n" for r in rows))
+    fmt, table, account = read_all(path, options=ReaderOptions(columns={"src": "1", "dst": "2", "dport": "3"}))
+    assert table.column("dst").to_pylist() == [r[1] for r in rows]
+    assert table.column("dport").to_pylist() == [r[3] for r in rows]
+    with pytest.raises(InputError, match=r"flows.txt: --columns dport=4: its first line has 3 fields"):
+        read_all(path, options=ReaderOptions(columns={"src": "1", "dst": "2", "dport": "4"}))
+    # a header line that is there after all is a record with bad addresses, counted
+    (tmp_path / "with-header.csv").write_text("src,dst\n" + "".join(f"{r[0]},{r[1]}\n" for r in rows))
+    _, table, account = read_all(tmp_path / "with-header.csv", options=ReaderOptions(columns={"src": "1", "dst": "2"}))
+    assert account.records_read == 6 and accounted(account)
+    assert table.num_rows == 6 and table.column("row").to_pylist() == list(range(1, 7))
+    (tmp_path / "one-field.txt").write_text("10.0.0.1\n10.0.0.2\n")
+    with pytest.raises(InputError, match="unknown flow format"):
+        read_all(tmp_path / "one-field.txt", options=ReaderOptions(columns={"src": "1", "dst": "2"}))
+    with pytest.raises(InputError, match="one-field.txt: no line of delimited fields"):
+        read_all(tmp_path / "one-field.txt", "csv", ReaderOptions(columns={"src": "1", "dst": "2"}))
+
+
 @pytest.mark.parametrize("kind", ["parquet", "arrow", "arrow-stream"])
 def test_parquet_and_arrow_ipc(tmp_path, kind):
     rows = _sample_rows(300)

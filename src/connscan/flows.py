@@ -78,7 +78,7 @@ def home_engine_for(cidrs: Iterable[str] | None = None):
     from connscan.signatures import SignatureSet
 
     networks = list(cidrs) if cidrs is not None else list(DEFAULT_HOME_NETS)
-    return Engine(SignatureSet.from_networks(networks, description="home network", kind="c2", score=100), None)
+    return Engine(SignatureSet.from_networks(networks, description="home network", kind="c2", score=100, source="--home-net"), None)
 
 
 def _as_batch(batch) -> pa.RecordBatch | pa.Table:
@@ -537,7 +537,8 @@ def add_flow_options(parser) -> None:
     group.add_argument("--input-format", choices=FORMATS, help="skip detection and read every input as this format")
     group.add_argument("--tz", metavar="ZONE", help="time zone of nfdump -o csv local times (default: this host's zone)")
     group.add_argument("--event-types", metavar="TYPE,..", help="Suricata event types to evaluate (default: every event with addresses)")
-    group.add_argument("--columns", metavar="ROLE=NAME,..", help="column names for generic CSV/Parquet and renamed Zeek fields: src=..,dst=..,sport=..,dport=..,proto=..,start=..")
+    group.add_argument("--columns", metavar="ROLE=NAME,..", help="column names for generic CSV/Parquet and renamed Zeek fields: src=..,dst=..,sport=..,dport=..,proto=..,start=..; "
+                       "field numbers from 1 (src=3,dst=5) for a CSV/TSV without a header line")
     group.add_argument("--home-net", metavar="CIDR,..", help="home networks: their side of a flow is local (default: RFC 1918, RFC 6598, loopback, link-local, ULA)")
     group.add_argument("--aggregate", action="store_true", default=None, help="one finding per (local, remote, remote port, reasons) with count, first_seen, last_seen")
     group.add_argument("--rejects", metavar="FILE", help="write every rejected record (file, row, reason) as JSON Lines")
@@ -562,7 +563,8 @@ def _split_list(value) -> list[str] | None:
 
 
 def parse_columns(value) -> dict[str, str] | None:
-    """``src=a,dst=b`` -> {"src": "a", "dst": "b"}; ConfigError on anything else."""
+    """``src=a,dst=b`` -> {"src": "a", "dst": "b"} (or field numbers: ``src=3,dst=5``);
+    ConfigError on anything else."""
     if value is None:
         return None
     if isinstance(value, dict):
@@ -574,6 +576,9 @@ def parse_columns(value) -> dict[str, str] | None:
         if not sep or role not in ("src", "dst", "sport", "dport", "proto", "start") or not name.strip():
             raise ConfigError(f"--columns: {part!r} is not ROLE=NAME with ROLE one of src, dst, sport, dport, proto, start")
         roles[role] = name.strip()
+    numbers = [name for name in roles.values() if name.isdigit()]
+    if numbers and (len(numbers) < len(roles) or "0" in {n.lstrip("0") or "0" for n in numbers}):
+        raise ConfigError("--columns: give every column by name, or every one by its field number from 1 (a file without a header line)")
     return roles
 
 
@@ -627,8 +632,8 @@ def run_flows(args, ctx) -> int:
     input_format, options, home = reader_options(args, ctx)
     try:
         home_engine = home_engine_for(home)
-    except ConnscanError as exc:
-        raise ConfigError(f"--home-net: {exc}") from None
+    except ConnscanError as exc:  # names the option and the position in its list
+        raise ConfigError(str(exc)) from None
     dask_target = _setting(args, ctx, "dask")
     if dask_target:
         from connscan import dask as flow_dask

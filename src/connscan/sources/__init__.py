@@ -196,6 +196,11 @@ def open_source(
     data.account = account
     fmt = input_format or detect_format(data.head)
     if fmt is None:
+        from connscan.sources import tabular
+
+        if tabular.by_position(options.columns):  # no header line to recognise
+            fmt = tabular.sniff_numbered(data.head)
+    if fmt is None:
         data.close()
         if not data.head:
             raise InputError(f"{name}: empty input")

@@ -3,6 +3,8 @@
 Columns are found by their common names (``src_ip``, ``srcaddr``, ``source.ip``, ...,
 case-insensitive) or named with ``--columns src=..,dst=..,sport=..,dport=..,proto=..,start=..``;
 in Parquet and Arrow the fields of struct columns are named ``outer.inner`` (ECS ``source.ip``).
+``--columns`` given by field numbers (``src=3,dst=5``, counted from 1) reads a CSV/TSV
+without a header line: its first line is data, lines starting with ``#`` are comments.
 """
 from __future__ import annotations
 
@@ -52,19 +54,49 @@ def resolve_columns(names: list[str], overrides: dict[str, str] | None) -> dict[
     return roles
 
 
+def by_position(columns: dict[str, str] | None) -> bool:
+    """Whether ``--columns`` gives field numbers (a file without a header line)."""
+    return bool(columns) and all(value.isdigit() for value in columns.values())
+
+
+def _fields(line: str) -> tuple[str, list[str]] | None:
+    """(delimiter, fields) of one line: the most frequent of DELIMITERS, which must occur."""
+    delimiter = max(DELIMITERS, key=line.count)
+    return (delimiter, line.split(delimiter)) if line.count(delimiter) else None
+
+
 def _header(head: bytes) -> tuple[str, list[str], int] | None:
     """(delimiter, column names, bytes up to the data) of a delimited file with a header."""
     text = head.lstrip(b"\xef\xbb\xbf")
     bom = len(head) - len(text)
     end = text.find(b"\n")
     line = (text[:end] if end >= 0 else text).decode("utf-8", "replace").rstrip("\r")
-    if not line.strip():
+    found = _fields(line) if line.strip() else None
+    if found is None:
         return None
-    delimiter = max(DELIMITERS, key=line.count)
-    if line.count(delimiter) == 0:
-        return None
-    names = [name.strip().strip('"') for name in line.split(delimiter)]
-    return delimiter, names, bom + (end + 1 if end >= 0 else len(text))
+    delimiter, names = found
+    return delimiter, [name.strip().strip('"') for name in names], bom + (end + 1 if end >= 0 else len(text))
+
+
+def _numbered(head: bytes) -> tuple[str, list[str], int] | None:
+    """(delimiter, field numbers "1".."n", bytes of the byte order mark) of a file without a
+    header line, from its first line that is neither blank nor a ``#`` comment."""
+    text = head.lstrip(b"\xef\xbb\xbf")
+    lines = text.split(b"\n")
+    for line in lines[:-1] if len(lines) > 1 else lines:
+        line = line.decode("utf-8", "replace").rstrip("\r")
+        if line.strip() and not line.startswith("#"):
+            found = _fields(line)
+            if found is None:
+                return None
+            delimiter, fields = found
+            return delimiter, [str(number) for number in range(1, len(fields) + 1)], len(head) - len(text)
+    return None
+
+
+def sniff_numbered(head: bytes) -> str | None:
+    """"csv" for text whose lines split into fields (with --columns by number)."""
+    return "csv" if _numbered(head) is not None and b"\0" not in head else None
 
 
 def sniff_delimited(head: bytes) -> str | None:
@@ -76,13 +108,17 @@ def sniff_delimited(head: bytes) -> str | None:
 
 
 def read_delimited(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
-    found = _header(data.head)
+    numbered = by_position(options.columns)
+    found = _numbered(data.head) if numbered else _header(data.head)
     if found is None:
-        raise InputError(f"{account.name}: no header line with column names")
+        raise InputError(f"{account.name}: " + ("no line of delimited fields" if numbered else "no header line with column names"))
     delimiter, names, skip = found
+    if numbered and (missing := {role: n for role, n in options.columns.items() if n not in names}):
+        role, number = next(iter(missing.items()))
+        raise InputError(f"{account.name}: --columns {role}={number}: its first line has {len(names)} fields")
     roles = _require(account, names, options)
     layout = Layout(names=names, wanted=list(dict.fromkeys(roles.values())), delimiter=delimiter, quoting=True)
-    for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip):
+    for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip, comment="#" if numbered else None):
         table = block.table
         yield from _batch.batches_from_table(
             account, block.rows, table, roles, options.batch_rows, generic_times, prepare=pc.utf8_trim_whitespace
