@@ -588,3 +588,14 @@ def test_malloc_arenas_are_capped_where_glibc_allows_it():
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert _cap_malloc_arenas() is expected
+
+
+def test_columns_setting_from_flag_or_config_table():
+    from connscan.errors import ConfigError
+    from connscan.flows import parse_columns
+
+    assert parse_columns("src=a, dst=b") == parse_columns({"src": "a", "dst": "b"}) == {"src": "a", "dst": "b"}
+    assert parse_columns({"src": 3, "dst": 4}) == {"src": "3", "dst": "4"}  # TOML integers: field numbers
+    for bad in ({"source": "a"}, {"src": 1, "dst": "b"}, "src=1,dst=0", "src"):
+        with pytest.raises(ConfigError, match="--columns"):
+            parse_columns(bad)

@@ -567,8 +567,8 @@ def parse_columns(value) -> dict[str, str] | None:
     ConfigError on anything else."""
     if value is None:
         return None
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, dict):  # from the config file
+        value = [f"{role}={name}" for role, name in value.items()]
     roles = {}
     for part in _split_list(value):
         role, sep, name = part.partition("=")
