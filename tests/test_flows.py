@@ -119,6 +119,15 @@ def write_zeek_json(path, flows):
             f.write(json.dumps({"ts": start.timestamp(), "id.orig_h": src, "id.orig_p": sp, "id.resp_h": dst, "id.resp_p": dp, "proto": proto}) + "\n")
 
 
+def write_ecs_json(path, flows):
+    """ECS-style JSON lines (Elastic, Filebeat exports): nested source/destination objects."""
+    with open(path, "w") as f:
+        for src, dst, sp, dp, proto, start in flows:
+            event = {"@timestamp": start.isoformat(), "source": {"ip": src, "port": sp}, "destination": {"ip": dst, "port": dp},
+                     "network": {"transport": proto}}
+            f.write(json.dumps(event) + "\n")
+
+
 def write_suricata(path, flows):
     with open(path, "w") as f:
         for src, dst, sp, dp, proto, start in flows:
@@ -198,6 +207,7 @@ WRITERS = {
     "aws-vpc": (write_aws, "aws-vpc", 1_000_000),
     "csv": (write_csv, "csv", 1),
     "csv-headerless": (write_csv_headerless, "csv", 1),
+    "json": (write_ecs_json, "json", 1),
     "parquet": (write_parquet, "parquet", 1),
     "arrow": (write_arrow, "arrow", 1),
 }

@@ -563,6 +563,61 @@ def test_generic_tsv_with_columns_option(tmp_path):
         read_all(path, "csv")
 
 
+def _ecs(r, stamp):
+    return {"@timestamp": stamp, "source": {"ip": r[0], "port": r[2]}, "destination": {"ip": r[1], "port": r[3]},
+            "network": {"transport": r[4]}}
+
+
+def _ecs_dotted(r, stamp):  # the same keys, flattened (some exporters write them so)
+    return {"@timestamp": stamp, "source.ip": r[0], "source.port": r[2], "destination.ip": r[1], "destination.port": r[3],
+            "network.transport": r[4]}
+
+
+def _gcp(r, stamp):  # a VPC flow log record as Cloud Logging exports it: protocol is a number
+    return {"insertId": "x", "timestamp": "2030-01-01T00:00:00Z", "jsonPayload": {
+        "connection": {"src_ip": r[0], "dest_ip": r[1], "src_port": r[2], "dest_port": r[3], "protocol": 6},
+        "start_time": stamp, "end_time": stamp, "bytes_sent": "10"}}
+
+
+def _flat(r, stamp_ms):
+    return {"src_ip": r[0], "dst_ip": r[1], "src_port": r[2], "dst_port": r[3], "protocol": r[4], "timestamp": stamp_ms}
+
+
+@pytest.mark.parametrize("shape", [_ecs, _ecs_dotted, _gcp, _flat])
+def test_generic_json_lines(tmp_path, shape):
+    """JSON flow records of other tools: fields found by the common names, nested or dotted."""
+    rows = _sample_rows(40)
+    moment = datetime(2024, 5, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)
+    stamp = round(moment.timestamp() * 1000) if shape is _flat else "2024-05-01T12:00:00.123+02:00"
+    path = tmp_path / "flows.json"
+    lines = [json.dumps(shape(r, stamp)) for r in rows]
+    lines[7:7] = ['{"message": "no addresses here"}', "not json", "[1, 2]", ""]
+    path.write_text("\n".join(lines) + "\n")
+    fmt, table, account = read_all(path)
+    assert fmt == "json"
+    assert table.column("src").to_pylist() == [r[0] for r in rows]
+    assert table.column("dst").to_pylist() == [r[1] for r in rows]
+    assert table.column("sport").to_pylist() == [r[2] for r in rows]
+    assert table.column("dport").to_pylist() == [r[3] for r in rows]
+    protocols = ["tcp"] * len(rows) if shape is _gcp else [{"6": "tcp"}.get(r[4], r[4]) for r in rows]
+    assert table.column("proto").to_pylist() == protocols
+    assert set(table.column("start").to_pylist()) == {moment}
+    # rows count the non-blank lines: the three bad ones are rows 8-10
+    assert table.column("row").to_pylist() == list(range(1, 8)) + list(range(11, 44))
+    assert account.skipped == {"no source/destination address fields": 1}
+    assert sum(account.rejected.values()) == 2 and accounted(account)
+
+
+def test_generic_json_lines_detection_and_columns(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text("".join(json.dumps({"flow": {"a": r[0], "b": r[1]}, "src": {"x": 1}, "dst": {"y": 2}}) + "\n" for r in _sample_rows(5)))
+    with pytest.raises(InputError, match="unknown flow format"):
+        open_source(path)  # no known field holds an address ("src", "dst" hold objects)
+    fmt, table, account = read_all(path, options=ReaderOptions(columns={"src": "flow.a", "dst": "flow.b"}))
+    assert fmt == "json" and table.column("dst").to_pylist() == [r[1] for r in _sample_rows(5)]
+    assert set(table.column("sport").to_pylist()) == {-1} and table.column("start").null_count == 5
+
+
 def test_headerless_zeek_log_read_by_field_numbers(shared_data):
     """A Zeek log written without its header block (btest baseline: ts, uid, orig_h,
     resp_h, history, service): not a known format by itself, read with field numbers."""

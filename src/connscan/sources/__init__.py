@@ -24,7 +24,7 @@ a ``FlowSource``: ``.name``, ``.format``, ``.account`` (``.rejects`` for short),
 unknown format.
 
 Reader modules: nfdump.py, zeek.py, suricata.py, aws.py, tabular.py (generic CSV/TSV,
-Parquet, Arrow IPC) and netflow.py (helper-owned; hook below). The NetFlow hook: the module
+Parquet, Arrow IPC), jsonlines.py (generic JSON lines) and netflow.py (helper-owned; hook below). The NetFlow hook: the module
 ``connscan.sources.netflow`` exposes ``sniff(head: bytes) -> bool`` and
 ``read_netflow(path_or_stream, source_name, **kw) -> Iterator[RecordBatch]``; open_source
 passes ``account=`` and ``session=`` (a dict shared by every file of one run, for templates
@@ -71,6 +71,7 @@ FORMATS = (
     "suricata-eve",
     "aws-vpc",
     "csv",
+    "json",
     "parquet",
     "arrow",
     "netflow",
@@ -163,11 +164,11 @@ def detect_format(head: bytes) -> str | None:
         return "parquet"
     if head.startswith(b"ARROW1") or head.startswith(b"\xff\xff\xff\xff"):
         return "arrow"
-    from connscan.sources import aws, netflow, nfdump, suricata, tabular, zeek
+    from connscan.sources import aws, jsonlines, netflow, nfdump, suricata, tabular, zeek
 
     if netflow.sniff(head):
         return "netflow"
-    for sniff in (nfdump.sniff, zeek.sniff, suricata.sniff, aws.sniff, tabular.sniff_delimited):
+    for sniff in (nfdump.sniff, zeek.sniff, suricata.sniff, aws.sniff, jsonlines.sniff, tabular.sniff_delimited):
         fmt = sniff(head)
         if fmt:
             return fmt
@@ -195,11 +196,11 @@ def open_source(
     account.bytes_total = data.size
     data.account = account
     fmt = input_format or detect_format(data.head)
-    if fmt is None:
-        from connscan.sources import tabular
+    if fmt is None and options.columns:  # fields only --columns names
+        from connscan.sources import jsonlines, tabular
 
-        if tabular.by_position(options.columns):  # no header line to recognise
-            fmt = tabular.sniff_numbered(data.head)
+        numbered = tabular.by_position(options.columns)  # no header line to recognise
+        fmt = tabular.sniff_numbered(data.head) if numbered else jsonlines.sniff(data.head, options.columns)
     if fmt is None:
         data.close()
         if not data.head:
@@ -210,7 +211,7 @@ def open_source(
 
 
 def _reader_for(fmt: str, data: ByteSource, account: SourceAccount, options: ReaderOptions, session: dict):
-    from connscan.sources import aws, nfdump, suricata, tabular, zeek
+    from connscan.sources import aws, jsonlines, nfdump, suricata, tabular, zeek
 
     if fmt in ("nfdump-csv", "nfdump-csv-fast"):
         return lambda: _closing(data, nfdump.read(data, account, options, fast=fmt == "nfdump-csv-fast"))
@@ -224,6 +225,8 @@ def _reader_for(fmt: str, data: ByteSource, account: SourceAccount, options: Rea
         return lambda: _closing(data, aws.read(data, account, options))
     if fmt == "csv":
         return lambda: _closing(data, tabular.read_delimited(data, account, options))
+    if fmt == "json":
+        return lambda: _closing(data, jsonlines.read(data, account, options))
     if fmt in ("parquet", "arrow"):
         return lambda: _closing(data, tabular.read_columnar(data, account, options, fmt))
     if fmt == "netflow":

@@ -1,10 +1,18 @@
-"""JSON Lines input (Zeek JSON, Suricata eve.json): one object per non-blank line."""
+"""JSON Lines input: one object per non-blank line. The helpers of the Zeek JSON and
+Suricata eve.json readers, and the reader of other JSON flow records ("json"): ECS
+(``source.ip``, nested or dotted), GCP VPC flow logs (``jsonPayload.connection.src_ip``),
+flat keys such as ``src_ip``/``dst_ip``, found by the common names of tabular.py or named
+with ``--columns`` (dotted paths into nested objects).
+"""
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
-from connscan.sources import SourceAccount
+import pyarrow as pa
+
+from connscan.sources import ReaderOptions, SourceAccount, _batch
 from connscan.sources.compression import ByteSource
 
 
@@ -43,3 +51,102 @@ def port_or_unset(value) -> str:
     if value is None:
         return ""
     return "invalid" if isinstance(value, bool) else str(value)
+
+
+def path_value(obj: dict, dotted: str):
+    """A value by its dotted name: a flat key (``"source.ip"``), nested objects
+    (``{"source": {"ip": ..}}``) or a mix of both; None when absent."""
+    value = obj.get(dotted)
+    if value is not None:
+        return value
+    dot = dotted.find(".")
+    while dot > 0:
+        inner = obj.get(dotted[:dot])
+        if isinstance(inner, dict):
+            value = path_value(inner, dotted[dot + 1 :])
+            if value is not None:
+                return value
+        dot = dotted.find(".", dot + 1)
+    return None
+
+
+_FIRST_S, _END_S = -62_135_596_800, 253_402_300_800  # 0001-01-01 and 10000-01-01 in epoch seconds
+
+
+def json_time(value) -> int | None:
+    """Epoch seconds (number) or ISO 8601 text (UTC when without a zone) -> epoch microseconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # years 1..9999 only (NaN fails too): a damaged number is no time, not an overflow
+        return round(value * 1_000_000) if _FIRST_S <= value < _END_S else None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return round(moment.timestamp() * 1_000_000)
+    return None
+
+
+def _start_micros(value) -> int | None:
+    """A generic record's start: ISO text, epoch seconds, or epoch milliseconds (numbers
+    over 1e11, any date after 1973 in milliseconds), as tabular.generic_times reads them."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1e11:
+        value = value / 1000
+    return json_time(value)
+
+
+class _Fields:
+    """Each role's value in a record: the first of its candidate paths that holds a
+    scalar. The path that last answered is tried first (records of one file look alike)."""
+
+    def __init__(self, columns: dict[str, str] | None):
+        from connscan.sources.tabular import KNOWN_NAMES
+
+        self.order = {role: [columns[role]] if columns and role in columns else list(names) for role, names in KNOWN_NAMES.items()}
+
+    def get(self, obj: dict, role: str):
+        order = self.order[role]
+        for i, path in enumerate(order):
+            value = path_value(obj, path)
+            if value is not None and not isinstance(value, (dict, list)):
+                if i:
+                    order.insert(0, order.pop(i))
+                return value
+        return None
+
+
+def sniff(head: bytes, columns: dict[str, str] | None = None) -> str | None:
+    """"json" when the first record is a JSON object with source and destination fields."""
+    lines = head.lstrip(b"\xef\xbb\xbf").split(b"\n")
+    for line in lines[:-1] if len(lines) > 1 else lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        fields = _Fields(columns)
+        found = isinstance(obj, dict) and all(fields.get(obj, role) is not None for role in ("src", "dst"))
+        return "json" if found else None
+    return None
+
+
+def read(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
+    fields = _Fields(options.columns)
+    for block in records(data, account, options.block_bytes):
+        rows, src, dst, sport, dport, proto, start = [], [], [], [], [], [], []
+        for row, obj in block:
+            source, destination = fields.get(obj, "src"), fields.get(obj, "dst")
+            if source is None or destination is None:
+                account.skip("no source/destination address fields")
+                continue
+            rows.append(row)
+            src.append(text_or_none(source))
+            dst.append(text_or_none(destination))
+            sport.append(port_or_unset(fields.get(obj, "sport")))
+            dport.append(port_or_unset(fields.get(obj, "dport")))
+            proto.append(text_or_none(fields.get(obj, "proto")) or "")
+            start.append(_start_micros(fields.get(obj, "start")))
+        yield from _batch.batches_from_lists(account, rows, src, dst, sport, dport, proto, start, options.batch_rows)

@@ -22,15 +22,18 @@ from connscan.sources.delimited import Layout, parse
 
 KNOWN_NAMES = {
     "src": ("src_ip", "srcaddr", "source.ip", "src_addr", "source_ip", "srcip", "src", "source", "sa",
-            "id.orig_h", "source_address", "saddr", "ip_src", "ipv4_src_addr", "ipv6_src_addr", "src_address"),
+            "id.orig_h", "source_address", "saddr", "ip_src", "ipv4_src_addr", "ipv6_src_addr", "src_address",
+            "jsonPayload.connection.src_ip", "connection.src_ip"),
     "dst": ("dst_ip", "dstaddr", "destination.ip", "dst_addr", "dest_ip", "destination_ip", "dstip", "dst",
             "destination", "da", "id.resp_h", "destination_address", "daddr", "ip_dst", "ipv4_dst_addr",
-            "ipv6_dst_addr", "dst_address"),
-    "sport": ("src_port", "srcport", "source.port", "sport", "sp", "id.orig_p", "l4_src_port", "source_port"),
+            "ipv6_dst_addr", "dst_address", "jsonPayload.connection.dest_ip", "connection.dest_ip"),
+    "sport": ("src_port", "srcport", "source.port", "sport", "sp", "id.orig_p", "l4_src_port", "source_port",
+              "jsonPayload.connection.src_port", "connection.src_port"),
     "dport": ("dst_port", "dstport", "destination.port", "dport", "dp", "dest_port", "id.resp_p", "l4_dst_port",
-              "destination_port"),
-    "proto": ("protocol", "proto", "pr", "network.transport", "ip_proto", "transport", "network.iana_number"),
-    "start": ("start", "start_time", "ts", "timestamp", "@timestamp", "first_seen", "firstseen", "event.start",
+              "destination_port", "jsonPayload.connection.dest_port", "connection.dest_port"),
+    "proto": ("protocol", "proto", "pr", "network.transport", "ip_proto", "transport", "network.iana_number",
+              "jsonPayload.connection.protocol", "connection.protocol"),
+    "start": ("jsonPayload.start_time", "start", "start_time", "ts", "timestamp", "@timestamp", "first_seen", "firstseen", "event.start",
               "flow_start", "stime", "time"),
 }  # fmt: skip
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
-from datetime import datetime, timezone
 
 import pyarrow as pa
 
@@ -170,32 +169,11 @@ def _unique(names: list[str]) -> list[str]:
 def _field(obj: dict, dotted: str):
     """A field by its Zeek name: flat (``id.orig_h``), nested (``{"id": {"orig_h": ..}}``)
     or with the scope separator "_" (``id_orig_h``)."""
-    if dotted in obj:
-        return obj[dotted]
+    value = jsonlines.path_value(obj, dotted)
+    if value is not None:
+        return value
     outer, _, inner = dotted.partition(".")
-    nested = obj.get(outer)
-    if isinstance(nested, dict):
-        return nested.get(inner)
     return obj.get(f"{outer}_{inner}") if inner else None
-
-
-_FIRST_S, _END_S = -62_135_596_800, 253_402_300_800  # 0001-01-01 and 10000-01-01 in epoch seconds
-
-
-def json_time(value) -> int | None:
-    """Zeek JSON ``ts``: epoch seconds (number) or ISO 8601 text -> epoch microseconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # years 1..9999 only (NaN fails too): a damaged number is no time, not an overflow
-        return round(value * 1_000_000) if _FIRST_S <= value < _END_S else None
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return round(moment.timestamp() * 1_000_000)
-    return None
 
 
 def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> Iterator[pa.RecordBatch]:
@@ -222,5 +200,5 @@ def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) 
             sport.append(jsonlines.port_or_unset(field(obj, "sport")))
             dport.append(jsonlines.port_or_unset(field(obj, "dport")))
             proto.append(jsonlines.text_or_none(field(obj, "proto")) or "")
-            start.append(json_time(field(obj, "start")))
+            start.append(jsonlines.json_time(field(obj, "start")))
         yield from _batch.batches_from_lists(account, rows, src, dst, sport, dport, proto, start, options.batch_rows)
