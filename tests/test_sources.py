@@ -656,6 +656,34 @@ def test_headerless_csv_refusals(tmp_path):
         read_all(tmp_path / "one-field.txt", "csv", ReaderOptions(columns={"src": "1", "dst": "2"}))
 
 
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_aws_vpc_delivered_as_parquet_or_csv_skips_no_flow_records(tmp_path, kind):
+    """AWS delivers VPC flow logs as Parquet too (and Athena queries them to CSV): NODATA and
+    SKIPDATA records, without addresses, are counted as skipped as in the text logs."""
+    rows = _sample_rows(30)
+    status = ["OK"] * 30
+    status[4], status[9], status[20] = "NODATA", "SKIPDATA", "NODATA"
+    keep = [i for i, s in enumerate(status) if s == "OK"]
+    table = pa.table({
+        "version": [5] * 30, "srcaddr": [None if s != "OK" else r[0] for r, s in zip(rows, status)],
+        "dstaddr": [None if s != "OK" else r[1] for r, s in zip(rows, status)],
+        "srcport": pa.array([r[2] for r in rows], pa.int32()), "dstport": pa.array([r[3] for r in rows], pa.int32()),
+        "protocol": pa.array([6] * 30, pa.int32()), "start": pa.array(range(1_700_000_000, 1_700_000_030), pa.int64()),
+        "log_status": status,
+    })
+    path = tmp_path / f"vpc.{kind}"
+    if kind == "parquet":
+        pq.write_table(table, path, row_group_size=8)
+    else:
+        pacsv.write_csv(table, path)
+    fmt, got, account = read_all(path)
+    assert fmt == kind
+    assert got.column("src").to_pylist() == [rows[i][0] for i in keep]
+    assert got.column("row").to_pylist() == [i + 1 for i in keep]
+    assert got.column("start").cast(pa.int64()).to_pylist() == [(1_700_000_000 + i) * 1_000_000 for i in keep]
+    assert account.skipped == {"NODATA": 2, "SKIPDATA": 1} and not account.rejected and accounted(account)
+
+
 @pytest.mark.parametrize("kind", ["parquet", "arrow", "arrow-stream"])
 def test_parquet_and_arrow_ipc(tmp_path, kind):
     rows = _sample_rows(300)

@@ -70,11 +70,23 @@ def read(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> It
     for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip):
         table, rows = block.table, block.rows
         if "status" in roles:
-            status = table.column(roles["status"]).combine_chunks()
-            no_flow = pc.is_in(status, value_set=pa.array(NO_FLOW)).to_numpy(zero_copy_only=False)
-            if no_flow.any():
-                for reason, count in zip(*np.unique(status.filter(pa.array(no_flow)).to_numpy(zero_copy_only=False), return_counts=True)):
-                    account.skip(str(reason), int(count))
-                keep = pa.array(~no_flow)
-                table, rows = table.filter(keep), rows[~no_flow]
+            table, rows = without_no_flow(account, table, rows, roles["status"])
         yield from _batch.batches_from_table(account, rows, table, roles, options.batch_rows, _batch.epoch_micros)
+
+
+def without_no_flow(account: SourceAccount, table, rows: np.ndarray, status_column: str):
+    """(table, rows) without the NODATA/SKIPDATA records (log status in ``status_column``),
+    which are counted as skipped by their status."""
+    status = table.column(status_column)
+    if isinstance(status, pa.ChunkedArray):
+        status = status.combine_chunks()
+    try:
+        status = status.cast(pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return table, rows  # a column of that name that holds no status text
+    no_flow = pc.is_in(status, value_set=pa.array(NO_FLOW)).fill_null(False).to_numpy(zero_copy_only=False)
+    if not no_flow.any():
+        return table, rows
+    for reason, count in zip(*np.unique(status.filter(pa.array(no_flow)).to_numpy(zero_copy_only=False), return_counts=True)):
+        account.skip(str(reason), int(count))
+    return table.filter(pa.array(~no_flow)), rows[~no_flow]

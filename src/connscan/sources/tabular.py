@@ -38,6 +38,24 @@ KNOWN_NAMES = {
 }  # fmt: skip
 
 DELIMITERS = (",", "\t", ";", "|")
+# AWS VPC flow logs delivered as Parquet or queried to CSV: NODATA/SKIPDATA records carry
+# no flow and are counted as skipped (aws.without_no_flow), as in the text logs.
+STATUS_NAMES = ("log_status", "log-status")
+
+
+def _status_column(names: list[str]) -> str | None:
+    lower = {name.strip().lower(): name for name in names}
+    return next((lower[n] for n in STATUS_NAMES if n in lower), None)
+
+
+def _batches(account: SourceAccount, rows, table, roles: dict[str, str], status: str | None, options: ReaderOptions, convert_start,
+             prepare=None) -> Iterator[pa.RecordBatch]:
+    """The contract batches of one table of records, without AWS's no-flow records."""
+    from connscan.sources.aws import without_no_flow
+
+    if status is not None:
+        table, rows = without_no_flow(account, table, rows, status)
+    yield from _batch.batches_from_table(account, rows, table, roles, options.batch_rows, convert_start, prepare=prepare)
 
 
 def resolve_columns(names: list[str], overrides: dict[str, str] | None) -> dict[str, str]:
@@ -120,12 +138,11 @@ def read_delimited(data: ByteSource, account: SourceAccount, options: ReaderOpti
         role, number = next(iter(missing.items()))
         raise InputError(f"{account.name}: --columns {role}={number}: its first line has {len(names)} fields")
     roles = _require(account, names, options)
-    layout = Layout(names=names, wanted=list(dict.fromkeys(roles.values())), delimiter=delimiter, quoting=True)
+    status = None if numbered else _status_column(names)
+    layout = Layout(names=names, wanted=list(dict.fromkeys([*roles.values(), *([status] if status else [])])),
+                    delimiter=delimiter, quoting=True)
     for block in parse(data, account, layout, options.block_bytes, skip_bytes=skip, comment="#" if numbered else None):
-        table = block.table
-        yield from _batch.batches_from_table(
-            account, block.rows, table, roles, options.batch_rows, generic_times, prepare=pc.utf8_trim_whitespace
-        )
+        yield from _batches(account, block.rows, block.table, roles, status, options, generic_times, prepare=pc.utf8_trim_whitespace)
 
 
 def _require(account: SourceAccount, names: list[str], options: ReaderOptions) -> dict[str, str]:
@@ -182,11 +199,14 @@ def read_columnar(data: ByteSource, account: SourceAccount, options: ReaderOptio
         if fmt == "parquet":
             parquet = pq.ParquetFile(source)
             roles = _require_typed(account, parquet.schema_arrow, options)
-            top = [column.split(".", 1)[0] if column not in parquet.schema_arrow.names else column for column in roles.values()]
+            status = _status_column(parquet.schema_arrow.names)
+            wanted = [*roles.values(), *([status] if status else [])]
+            top = [column.split(".", 1)[0] if column not in parquet.schema_arrow.names else column for column in wanted]
             batches = parquet.iter_batches(batch_size=options.batch_rows, columns=list(dict.fromkeys(top)))
         else:
             reader = _open_ipc(ipc, source)
             roles = _require_typed(account, reader.schema, options)
+            status = _status_column(reader.schema.names)
             batches = _ipc_batches(reader)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{account.name}: unreadable {fmt} file: {exc}") from exc
@@ -196,7 +216,7 @@ def read_columnar(data: ByteSource, account: SourceAccount, options: ReaderOptio
             n = batch.num_rows
             rows = np.arange(row + 1, row + n + 1, dtype=np.int64)
             row += n
-            yield from _batch.batches_from_table(account, rows, batch, roles, options.batch_rows, generic_times)
+            yield from _batches(account, rows, batch, roles, status, options, generic_times)
     except (pa.ArrowInvalid, OSError) as exc:
         account.damage(f"{fmt} data unreadable after {row} records ({exc})")
 
