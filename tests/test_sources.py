@@ -381,6 +381,22 @@ def test_zeek_json_times_outside_the_calendar_are_unknown(tmp_path):
     assert account.records_scanned == len(times) and accounted(account)
 
 
+@pytest.mark.parametrize("fmt, template", [
+    ("zeek-json", '{{"ts": 1.5, "id.orig_h": "{a}", "id.resp_h": "8.8.8.8", "id.orig_p": "{p}", "proto": "{p}"}}'),
+    ("suricata-eve", '{{"timestamp": "x", "event_type": "fl{p}", "src_ip": "{a}", "dest_ip": "8.8.8.8", "proto": "{p}"}}'),
+    ("json", '{{"src_ip": "{a}", "dst_ip": "8.8.8.8", "src_port": "{p}"}}'),
+])
+def test_json_lone_surrogate_escapes_are_text_not_a_crash(tmp_path, fmt, template):
+    """json.loads keeps an escaped lone surrogate ("\\ud800"), which UTF-8 cannot hold: the
+    value becomes U+FFFD text (then an invalid address or port), never an encoding error."""
+    path = tmp_path / "f.json"
+    path.write_text(template.format(a="10.0.0.1", p="80") + "\n" + template.format(a="10.0.0.\\ud800", p="\\udc00") + "\n")
+    _, table, account = read_all(path, fmt)
+    assert table.column("src").to_pylist()[0] == "10.0.0.1" and accounted(account)
+    shown = table.column("src").to_pylist() + [text for _, _, text in account.pending_rejects]
+    assert account.records_read == 2 and "\ufffd" in "".join(shown)
+
+
 def test_zeek_without_addresses_is_a_clear_error():
     with pytest.raises(InputError, match="id.orig_h"):
         read_all(TEST_DATA / FLOWS / "core.reporter-limit-reached-weird__conn.log")

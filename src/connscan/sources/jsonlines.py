@@ -40,9 +40,12 @@ def records(data: ByteSource, account: SourceAccount, block_bytes: int) -> Itera
 
 
 def text_or_none(value) -> str | None:
+    """A JSON value as text that is valid UTF-8: a lone surrogate escape (``"\\ud800"``),
+    which json.loads keeps, becomes U+FFFD (such text would not encode)."""
     if value is None:
         return None
-    return value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else str(value)
+    return text if text.isascii() else text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def port_or_unset(value) -> str:
@@ -50,7 +53,7 @@ def port_or_unset(value) -> str:
     not a port."""
     if value is None:
         return ""
-    return "invalid" if isinstance(value, bool) else str(value)
+    return "invalid" if isinstance(value, bool) else text_or_none(value)
 
 
 def path_value(obj: dict, dotted: str):

@@ -43,7 +43,7 @@ def read(data: ByteSource, account: SourceAccount, options: ReaderOptions) -> It
     for records in jsonlines.records(data, account, options.block_bytes):
         rows, src, dst, sport, dport, proto, start = [], [], [], [], [], [], []
         for row, event in records:
-            kind = event.get("event_type")
+            kind = jsonlines.text_or_none(event.get("event_type"))
             if wanted is not None and kind not in wanted:
                 account.skip(f"event type {kind} not selected")
                 continue
