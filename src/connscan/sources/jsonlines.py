@@ -7,19 +7,65 @@ with ``--columns`` (dotted paths into nested objects).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from datetime import datetime, timezone
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
 
 from connscan.sources import ReaderOptions, SourceAccount, _batch
 from connscan.sources.compression import ByteSource
 
 
-def records(data: ByteSource, account: SourceAccount, block_bytes: int) -> Iterator[list[tuple[int, dict]]]:
-    """Lists of (row, object) per block; lines that are not a JSON object are rejected."""
+@dataclass
+class NativeBlock:
+    """A block of records parsed by pyarrow, with no Python object per record: ``table``
+    holds the fields of the reader's schema, its row k is record ``first_row + 1 + k``."""
+
+    first_row: int
+    table: pa.Table
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.arange(self.first_row + 1, self.first_row + self.table.num_rows + 1, dtype=np.int64)
+
+
+def _native_table(block: bytes, schema: pa.Schema) -> pa.Table | None:
+    """``block`` parsed by pyarrow with ``schema`` (other fields ignored), or None when it
+    needs the line-by-line path: pyarrow refuses it (a line that is not one JSON object, a
+    field of another type than ``schema`` gives, a key twice), text that is not UTF-8, a
+    line that does not start with "{" (blank, say) or holds more than one object, or a lone
+    CR (a line break to that path)."""
+    lines = block.count(b"\n") + (not block.endswith(b"\n"))
+    # every line starts an object (none is blank), and below each holds only one
+    if block.count(b"\n{") + block.startswith(b"{") != lines or block.count(b"\r") != block.count(b"\r\n"):
+        return None
+    try:
+        if not block.isascii():  # pyarrow does not check the text of the fields it skips
+            block.decode("utf-8")
+        table = pajson.read_json(pa.BufferReader(pa.py_buffer(block)), read_options=pajson.ReadOptions(block_size=1 << 20),
+                                 parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+    except (pa.ArrowException, ValueError):  # ArrowInvalid, UnicodeDecodeError
+        return None
+    return table.combine_chunks() if table.num_rows == lines else None
+
+
+def records(data: ByteSource, account: SourceAccount, block_bytes: int, schema: pa.Schema | None = None,
+            accept: Callable[[pa.Table], bool] | None = None) -> Iterator[NativeBlock | list[tuple[int, dict]]]:
+    """Per block of lines: a NativeBlock when ``schema`` is given, pyarrow parses the block
+    with it and ``accept(table)`` agrees; else a list of (row, object), the lines that are
+    not a JSON object rejected. Both give the same records (tests/test_json_native.py)."""
     row = 0
     for block in data.blocks(block_bytes):
+        table = _native_table(block, schema) if schema is not None else None
+        if table is not None and (accept is None or accept(table)):
+            yield NativeBlock(row, table)
+            row += table.num_rows
+            continue
         out = []
         for line in block.splitlines():
             if not line.strip():
@@ -73,23 +119,70 @@ def path_value(obj: dict, dotted: str):
     return None
 
 
-_FIRST_S, _END_S = -62_135_596_800, 253_402_300_800  # 0001-01-01 and 10000-01-01 in epoch seconds
+FIRST_S, END_S = -62_135_596_800, 253_402_300_800  # 0001-01-01 and 10000-01-01 in epoch seconds
 
 
 def json_time(value) -> int | None:
     """Epoch seconds (number) or ISO 8601 text (UTC when without a zone) -> epoch microseconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         # years 1..9999 only (NaN fails too): a damaged number is no time, not an overflow
-        return round(value * 1_000_000) if _FIRST_S <= value < _END_S else None
+        return round(value * 1_000_000) if FIRST_S <= value < END_S else None
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
             return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return round(moment.timestamp() * 1_000_000)
+        return exact_micros(moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc))
     return None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def exact_micros(moment: datetime) -> int:
+    """Epoch microseconds of an aware datetime, in integers (a float timestamp loses
+    microseconds after about year 2250)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def zoned_micros(text) -> int | None:
+    """ISO 8601 text with a zone -> epoch microseconds; None for anything else."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return exact_micros(moment) if moment.tzinfo is not None else None
+
+
+# The ISO 8601 form that pyarrow's cast and datetime.fromisoformat read alike (checked by
+# tests/test_json_native.py); other text goes value by value.
+_PLAIN_ZONED = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:?[0-9]{2})$"
+
+
+def zoned_micros_column(texts: pa.Array) -> pa.Array:
+    """zoned_micros over a string column (int64, null for no time), natively when it can."""
+    present = texts.drop_null()
+    if len(present) and pc.all(pc.match_substring_regex(present, _PLAIN_ZONED)).as_py():
+        try:
+            return pc.cast(texts, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        except pa.ArrowInvalid:  # a day or hour out of range: value by value decides
+            pass
+    return pa.array([zoned_micros(value) for value in texts.to_pylist()], pa.int64())
+
+
+def skip_by_value(account: SourceAccount, values: pa.Array, mask: np.ndarray, reason: str) -> None:
+    """Count the records under ``mask`` as skipped, ``reason`` formatted with each one's value."""
+    if mask.any():
+        for value, count in Counter(values.filter(pa.array(mask)).to_pylist()).items():
+            account.skip(reason.format(value), count)
+
+
+def port_texts(column: pa.Array) -> pa.Array:
+    """Integer ports of a NativeBlock as port_or_unset gives them: text, "" when absent."""
+    return pc.cast(column, pa.string()).fill_null("")
 
 
 def _start_micros(value) -> int | None:

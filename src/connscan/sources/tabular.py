@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connscan.errors import InputError
-from connscan.sources import ReaderOptions, SourceAccount, _batch
+from connscan.sources import ReaderOptions, SourceAccount, _batch, jsonlines
 from connscan.sources.compression import ByteSource
 from connscan.sources.delimited import Layout, parse
 
@@ -181,9 +181,7 @@ def _iso_micros(text: str | None) -> int | None:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return round(moment.timestamp() * 1_000_000)
+    return jsonlines.exact_micros(moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc))
 
 
 def read_columnar(data: ByteSource, account: SourceAccount, options: ReaderOptions, fmt: str) -> Iterator[pa.RecordBatch]:

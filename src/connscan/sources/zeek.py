@@ -13,6 +13,7 @@ import itertools
 import re
 from collections.abc import Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from connscan.errors import InputError
@@ -187,7 +188,12 @@ def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) 
                 return value
         return None
 
-    for records in jsonlines.records(data, account, options.block_bytes):
+    # Zeek's own flat keys are read by pyarrow (no --columns, no other spelling in the block)
+    native = (JSON_SCHEMA, _plain_zeek_json) if not options.columns else (None, None)
+    for records in jsonlines.records(data, account, options.block_bytes, *native):
+        if isinstance(records, jsonlines.NativeBlock):
+            yield from _native_json_batches(account, records, options.batch_rows)
+            continue
         rows, src, dst, sport, dport, proto, start = [], [], [], [], [], [], []
         for row, obj in records:
             orig, resp = field(obj, "src"), field(obj, "dst")
@@ -202,3 +208,36 @@ def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) 
             proto.append(jsonlines.text_or_none(field(obj, "proto")) or "")
             start.append(jsonlines.json_time(field(obj, "start")))
         yield from _batch.batches_from_lists(account, rows, src, dst, sport, dport, proto, start, options.batch_rows)
+
+
+_OTHER_SPELLINGS = ("id", "id_orig_h", "id_resp_h", "id_orig_p", "id_resp_p")  # nested or "_" scope separator
+JSON_SCHEMA = pa.schema([("ts", pa.float64()), ("id.orig_h", pa.string()), ("id.resp_h", pa.string()), ("id.orig_p", pa.int64()),
+                         ("id.resp_p", pa.int64()), ("proto", pa.string()),
+                         ("id", pa.struct([("orig_h", pa.string())])), *((name, pa.string()) for name in _OTHER_SPELLINGS[1:])])
+# Epoch seconds whose microseconds a float64 holds exactly (as json.loads' int would be):
+# beyond, and up to the end of year 9999, the block goes the exact way.
+_EXACT_S = 2**53 / 1e6
+
+
+def _plain_zeek_json(table: pa.Table) -> bool:
+    """Whether a block pyarrow parsed needs no other spelling of Zeek's keys: every record
+    has id.orig_h and id.resp_h, none has them nested or with "_", and no ts is a huge number."""
+    ts = table.column("ts").to_numpy(zero_copy_only=False)
+    huge = np.abs(ts) >= _EXACT_S
+    return (table.column("id.orig_h").null_count == 0 and table.column("id.resp_h").null_count == 0
+            and all(table.column(name).null_count == table.num_rows for name in _OTHER_SPELLINGS)
+            and not (huge & np.isfinite(ts) & (np.abs(ts) < 2.6e11)).any())
+
+
+def _native_json_batches(account: SourceAccount, block, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """read_json's loop, in columns, over a block pyarrow parsed (see _plain_zeek_json)."""
+    column = {name: block.table.column(name).combine_chunks() for name in block.table.column_names}
+    ts = column["ts"].to_numpy(zero_copy_only=False)  # null: NaN
+    with np.errstate(invalid="ignore"):
+        known = (ts >= jsonlines.FIRST_S) & (ts < jsonlines.END_S)  # as json_time: NaN and infinities are no time
+    micros = np.where(known, np.rint(np.where(known, ts, 0) * 1e6), 0).astype(np.int64)
+    start = pa.array(micros, pa.int64(), mask=~known).cast(_batch.START_TYPE)
+    yield from _batch.flow_batches(
+        account, block.rows, column["id.orig_h"], column["id.resp_h"], jsonlines.port_texts(column["id.orig_p"]),
+        jsonlines.port_texts(column["id.resp_p"]), column["proto"].fill_null(""), start, batch_rows,
+    )
