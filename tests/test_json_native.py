@@ -98,7 +98,32 @@ def test_clean_blocks_take_the_native_path(tmp_path, monkeypatch, fmt, line):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(TIME_TEXTS, min_size=1, max_size=8))
-def test_zoned_micros_column_equals_value_by_value(texts):
-    got = jsonlines.zoned_micros_column(pa.array(texts, pa.string())).to_pylist()
-    assert got == [jsonlines.zoned_micros(text) for text in texts]
+@given(st.lists(st.one_of(TIME_TEXTS, TIME_TEXTS.map(lambda t: t[:19])), min_size=1, max_size=8))
+def test_time_columns_equal_value_by_value(texts):
+    column = pa.array(texts, pa.string())
+    assert jsonlines.zoned_micros_column(column).to_pylist() == [jsonlines.zoned_micros(text) for text in texts]
+    assert jsonlines.json_time_column(column).to_pylist() == [jsonlines.json_time(text) for text in texts]
+
+
+@pytest.mark.parametrize("name, fmt", [
+    ("suricata-eve/eve-MAGNC-suricata_data_training-2023-02-28.json", "suricata-eve"),
+    ("suricata-eve/eve-alaajili-EVE-Json-Parser-2022-11-18.json", "suricata-eve"),
+    ("zeek-wrccdc-brimdata/zeek-json_dns.json.gz", "zeek-json"),
+    ("zeek-wrccdc-brimdata/zeek-json_ssl.json.gz", "zeek-json"),
+])
+@pytest.mark.parametrize("block_bytes", [1 << 16, 4 << 20])
+def test_native_equals_line_by_line_on_real_logs(shared_data, monkeypatch, name, fmt, block_bytes):
+    path = shared_data / "flows" / name
+    real, parsed = jsonlines._native_table, []
+
+    def read(native):
+        with monkeypatch.context() as patch:
+            patch.setattr(jsonlines, "_native_table", (lambda b, s: parsed.append(real(b, s)) or parsed[-1]) if native else (lambda b, s: None))
+            source = open_source(path, fmt, ReaderOptions(block_bytes=block_bytes))
+            table = pa.Table.from_batches(list(source.batches()), schema=BATCH_SCHEMA)
+        account = source.account
+        return table, (account.records_read, dict(account.skipped), dict(account.rejected))
+
+    native, line_by_line = read(True), read(False)
+    assert native[0].num_rows > 100 and any(table is not None for table in parsed)  # pyarrow read some blocks
+    assert native[0].equals(line_by_line[0]) and native[1] == line_by_line[1]

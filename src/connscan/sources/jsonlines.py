@@ -157,20 +157,32 @@ def zoned_micros(text) -> int | None:
     return exact_micros(moment) if moment.tzinfo is not None else None
 
 
-# The ISO 8601 form that pyarrow's cast and datetime.fromisoformat read alike (checked by
+# The ISO 8601 forms that pyarrow's cast and datetime.fromisoformat read alike (checked by
 # tests/test_json_native.py); other text goes value by value.
-_PLAIN_ZONED = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:?[0-9]{2})$"
+_PLAIN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+_ZONE = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 
 
 def zoned_micros_column(texts: pa.Array) -> pa.Array:
     """zoned_micros over a string column (int64, null for no time), natively when it can."""
+    return _iso_column(texts, zoned_micros, naive_utc=False)
+
+
+def json_time_column(texts: pa.Array) -> pa.Array:
+    """json_time over a string column (a time without a zone is UTC), natively when it can."""
+    return _iso_column(texts, json_time, naive_utc=True)
+
+
+def _iso_column(texts: pa.Array, one: Callable, naive_utc: bool) -> pa.Array:
     present = texts.drop_null()
-    if len(present) and pc.all(pc.match_substring_regex(present, _PLAIN_ZONED)).as_py():
-        try:
-            return pc.cast(texts, pa.timestamp("us", tz="UTC")).cast(pa.int64())
-        except pa.ArrowInvalid:  # a day or hour out of range: value by value decides
-            pass
-    return pa.array([zoned_micros(value) for value in texts.to_pylist()], pa.int64())
+    if len(present):
+        for zone, target in ((_ZONE, pa.timestamp("us", tz="UTC")), ("$", pa.timestamp("us")))[: 1 + naive_utc]:
+            if pc.all(pc.match_substring_regex(present, _PLAIN + zone)).as_py():
+                try:
+                    return pc.cast(texts, target).cast(pa.int64())
+                except pa.ArrowInvalid:  # a day or hour out of range: value by value decides
+                    break
+    return pa.array([one(value) for value in texts.to_pylist()], pa.int64())
 
 
 def skip_by_value(account: SourceAccount, values: pa.Array, mask: np.ndarray, reason: str) -> None:

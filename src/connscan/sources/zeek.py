@@ -10,6 +10,7 @@ fields: another scope separator (``id_orig_h``), Zeek's field name map (``src``,
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Iterator
 
@@ -189,7 +190,7 @@ def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) 
         return None
 
     # Zeek's own flat keys are read by pyarrow (no --columns, no other spelling in the block)
-    native = (JSON_SCHEMA, _plain_zeek_json) if not options.columns else (None, None)
+    native = (_json_schema(data.head), _plain_zeek_json) if not options.columns else (None, None)
     for records in jsonlines.records(data, account, options.block_bytes, *native):
         if isinstance(records, jsonlines.NativeBlock):
             yield from _native_json_batches(account, records, options.batch_rows)
@@ -211,9 +212,20 @@ def read_json(data: ByteSource, account: SourceAccount, options: ReaderOptions) 
 
 
 _OTHER_SPELLINGS = ("id", "id_orig_h", "id_resp_h", "id_orig_p", "id_resp_p")  # nested or "_" scope separator
-JSON_SCHEMA = pa.schema([("ts", pa.float64()), ("id.orig_h", pa.string()), ("id.resp_h", pa.string()), ("id.orig_p", pa.int64()),
-                         ("id.resp_p", pa.int64()), ("proto", pa.string()),
-                         ("id", pa.struct([("orig_h", pa.string())])), *((name, pa.string()) for name in _OTHER_SPELLINGS[1:])])
+
+
+def _json_schema(head: bytes) -> pa.Schema:
+    """What pyarrow reads of each record: ts as a number (Zeek's default) or as text
+    (JSON::TS_ISO8601), as the first record has it; blocks of the other kind go line by line."""
+    first = next((line for line in head.split(b"\n")[:-1] if line.strip()), b"")
+    try:
+        iso = isinstance(json.loads(first).get("ts"), str)
+    except (ValueError, AttributeError):
+        iso = False
+    return pa.schema([("ts", pa.string() if iso else pa.float64()), ("id.orig_h", pa.string()), ("id.resp_h", pa.string()),
+                      ("id.orig_p", pa.int64()), ("id.resp_p", pa.int64()), ("proto", pa.string()),
+                      ("id", pa.struct([("orig_h", pa.string())])), *((name, pa.string()) for name in _OTHER_SPELLINGS[1:])])
+
 # Epoch seconds whose microseconds a float64 holds exactly (as json.loads' int would be):
 # beyond, and up to the end of year 9999, the block goes the exact way.
 _EXACT_S = 2**53 / 1e6
@@ -222,21 +234,26 @@ _EXACT_S = 2**53 / 1e6
 def _plain_zeek_json(table: pa.Table) -> bool:
     """Whether a block pyarrow parsed needs no other spelling of Zeek's keys: every record
     has id.orig_h and id.resp_h, none has them nested or with "_", and no ts is a huge number."""
-    ts = table.column("ts").to_numpy(zero_copy_only=False)
-    huge = np.abs(ts) >= _EXACT_S
-    return (table.column("id.orig_h").null_count == 0 and table.column("id.resp_h").null_count == 0
-            and all(table.column(name).null_count == table.num_rows for name in _OTHER_SPELLINGS)
-            and not (huge & np.isfinite(ts) & (np.abs(ts) < 2.6e11)).any())
+    if not (table.column("id.orig_h").null_count == 0 and table.column("id.resp_h").null_count == 0
+            and all(table.column(name).null_count == table.num_rows for name in _OTHER_SPELLINGS)):
+        return False
+    if table.schema.field("ts").type == pa.string():
+        return True
+    ts = np.abs(table.column("ts").to_numpy(zero_copy_only=False))
+    return not ((ts >= _EXACT_S) & (ts < 2.6e11)).any()
 
 
 def _native_json_batches(account: SourceAccount, block, batch_rows: int) -> Iterator[pa.RecordBatch]:
     """read_json's loop, in columns, over a block pyarrow parsed (see _plain_zeek_json)."""
     column = {name: block.table.column(name).combine_chunks() for name in block.table.column_names}
-    ts = column["ts"].to_numpy(zero_copy_only=False)  # null: NaN
-    with np.errstate(invalid="ignore"):
-        known = (ts >= jsonlines.FIRST_S) & (ts < jsonlines.END_S)  # as json_time: NaN and infinities are no time
-    micros = np.where(known, np.rint(np.where(known, ts, 0) * 1e6), 0).astype(np.int64)
-    start = pa.array(micros, pa.int64(), mask=~known).cast(_batch.START_TYPE)
+    if column["ts"].type == pa.string():
+        start = jsonlines.json_time_column(column["ts"]).cast(_batch.START_TYPE)
+    else:
+        ts = column["ts"].to_numpy(zero_copy_only=False)  # null: NaN
+        with np.errstate(invalid="ignore"):
+            known = (ts >= jsonlines.FIRST_S) & (ts < jsonlines.END_S)  # as json_time: NaN and infinities are no time
+        micros = np.where(known, np.rint(np.where(known, ts, 0) * 1e6), 0).astype(np.int64)
+        start = pa.array(micros, pa.int64(), mask=~known).cast(_batch.START_TYPE)
     yield from _batch.flow_batches(
         account, block.rows, column["id.orig_h"], column["id.resp_h"], jsonlines.port_texts(column["id.orig_p"]),
         jsonlines.port_texts(column["id.resp_p"]), column["proto"].fill_null(""), start, batch_rows,
