@@ -98,11 +98,15 @@ def test_clean_blocks_take_the_native_path(tmp_path, monkeypatch, fmt, line):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(TIME_TEXTS, TIME_TEXTS.map(lambda t: t[:19])), min_size=1, max_size=8))
+@given(st.lists(st.one_of(TIME_TEXTS, TIME_TEXTS.map(lambda t: t[:19]), TIME_TEXTS.map(lambda t: f" {t} ")), min_size=1, max_size=8))
 def test_time_columns_equal_value_by_value(texts):
+    from connscan.sources import tabular
+
     column = pa.array(texts, pa.string())
     assert jsonlines.zoned_micros_column(column).to_pylist() == [jsonlines.zoned_micros(text) for text in texts]
     assert jsonlines.json_time_column(column).to_pylist() == [jsonlines.json_time(text) for text in texts]
+    # CSV/Parquet start columns (generic_times): spaces around the text allowed
+    assert jsonlines.iso_micros_column(column, tabular._iso_micros, naive_utc=True).to_pylist() == list(map(tabular._iso_micros, texts))
 
 
 @pytest.mark.parametrize("name, fmt", [

@@ -577,7 +577,7 @@ def parse_columns(value) -> dict[str, str] | None:
             raise ConfigError(f"--columns: {part!r} is not ROLE=NAME with ROLE one of src, dst, sport, dport, proto, start")
         roles[role] = name.strip()
     numbers = [name for name in roles.values() if name.isdigit()]
-    if numbers and (len(numbers) < len(roles) or "0" in {n.lstrip("0") or "0" for n in numbers}):
+    if numbers and (len(numbers) < len(roles) or any(int(n) == 0 for n in numbers)):
         raise ConfigError("--columns: give every column by name, or every one by its field number from 1 (a file without a header line)")
     return roles
 

@@ -222,6 +222,10 @@ def batches_from_table(account, rows, table, roles, batch_rows, convert_start, p
     )
 
 
+# Epoch times over this are milliseconds (any date after 1973), at or below it seconds.
+EPOCH_MILLIS_ABOVE = 1e11
+
+
 def epoch_micros(column: pa.Array) -> pa.Array:
     """Integer epoch microseconds as START_TYPE."""
     return column.cast(pa.int64()).cast(START_TYPE)

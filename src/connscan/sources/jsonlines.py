@@ -165,15 +165,18 @@ _ZONE = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 
 def zoned_micros_column(texts: pa.Array) -> pa.Array:
     """zoned_micros over a string column (int64, null for no time), natively when it can."""
-    return _iso_column(texts, zoned_micros, naive_utc=False)
+    return iso_micros_column(texts, zoned_micros, naive_utc=False)
 
 
 def json_time_column(texts: pa.Array) -> pa.Array:
     """json_time over a string column (a time without a zone is UTC), natively when it can."""
-    return _iso_column(texts, json_time, naive_utc=True)
+    return iso_micros_column(texts, json_time, naive_utc=True)
 
 
-def _iso_column(texts: pa.Array, one: Callable, naive_utc: bool) -> pa.Array:
+def iso_micros_column(texts: pa.Array, one: Callable[[str | None], int | None], naive_utc: bool) -> pa.Array:
+    """``one`` (ISO text -> epoch microseconds or None) over a string column, as int64: one
+    pyarrow cast when every value has the plain form both read alike (with a zone, or also
+    without one when ``naive_utc``), else value by value."""
     present = texts.drop_null()
     if len(present):
         for zone, target in ((_ZONE, pa.timestamp("us", tz="UTC")), ("$", pa.timestamp("us")))[: 1 + naive_utc]:
@@ -192,15 +195,19 @@ def skip_by_value(account: SourceAccount, values: pa.Array, mask: np.ndarray, re
             account.skip(reason.format(value), count)
 
 
-def port_texts(column: pa.Array) -> pa.Array:
-    """Integer ports of a NativeBlock as port_or_unset gives them: text, "" when absent."""
-    return pc.cast(column, pa.string()).fill_null("")
+def native_flow_batches(account: SourceAccount, rows: np.ndarray, src: pa.Array, dst: pa.Array, sport: pa.Array,
+                        dport: pa.Array, proto: pa.Array, start_us: pa.Array, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """batches_from_lists for a NativeBlock's columns, converted as the line-by-line path
+    converts its values: integer ports as text, "" when absent (port_or_unset), absent
+    protocols "", start in epoch microseconds."""
+    ports = [pc.cast(column, pa.string()).fill_null("") for column in (sport, dport)]
+    yield from _batch.flow_batches(account, rows, src, dst, *ports, proto.fill_null(""), start_us.cast(_batch.START_TYPE), batch_rows)
 
 
 def _start_micros(value) -> int | None:
-    """A generic record's start: ISO text, epoch seconds, or epoch milliseconds (numbers
-    over 1e11, any date after 1973 in milliseconds), as tabular.generic_times reads them."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1e11:
+    """A generic record's start: ISO text, epoch seconds, or epoch milliseconds, as
+    tabular.generic_times reads them."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > _batch.EPOCH_MILLIS_ABOVE:
         value = value / 1000
     return json_time(value)
 

@@ -74,7 +74,5 @@ def _native_batches(account: SourceAccount, block, wanted, batch_rows: int) -> I
     column = {name: table.column(name).combine_chunks() for name in table.column_names}
     begin = jsonlines.zoned_micros_column(pc.struct_field(column["flow"], [0]))
     start = pc.coalesce(begin, jsonlines.zoned_micros_column(column["timestamp"]))
-    yield from _batch.flow_batches(
-        account, rows, column["src_ip"], column["dest_ip"], jsonlines.port_texts(column["src_port"]),
-        jsonlines.port_texts(column["dest_port"]), column["proto"].fill_null(""), start.cast(_batch.START_TYPE), batch_rows,
-    )
+    yield from jsonlines.native_flow_batches(account, rows, column["src_ip"], column["dest_ip"], column["src_port"],
+                                             column["dest_port"], column["proto"], start, batch_rows)

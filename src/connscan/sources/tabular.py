@@ -9,7 +9,6 @@ without a header line: its first line is data, lines starting with ``#`` are com
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
@@ -163,25 +162,19 @@ def generic_times(column: pa.Array) -> pa.Array:
         return column.cast(_batch.START_TYPE)
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         values = pc.cast(column, pa.float64())
-        # epoch milliseconds are > 1e11 for any date after 1973
-        millis = pc.greater(values, 1e11)
+        millis = pc.greater(values, _batch.EPOCH_MILLIS_ABOVE)
         seconds = pc.if_else(millis, pc.divide(values, 1000.0), values)
         return _batch.epoch_seconds(seconds)
     text = column.cast(pa.string())
     numeric = pc.match_substring_regex(text, r"^[0-9]+(\.[0-9]*)?$").fill_null(False)
     if pc.all(numeric).as_py() and len(text):
         return generic_times(pc.cast(text, pa.float64()))
-    return pa.array([_iso_micros(v) for v in text.to_pylist()], pa.int64()).cast(_batch.START_TYPE)
+    return jsonlines.iso_micros_column(text, _iso_micros, naive_utc=True).cast(_batch.START_TYPE)
 
 
 def _iso_micros(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    return jsonlines.exact_micros(moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc))
+    """ISO 8601 text, spaces around it allowed, without a zone UTC -> epoch microseconds."""
+    return jsonlines.json_time(text.strip()) if text else None
 
 
 def read_columnar(data: ByteSource, account: SourceAccount, options: ReaderOptions, fmt: str) -> Iterator[pa.RecordBatch]:

@@ -247,14 +247,12 @@ def _native_json_batches(account: SourceAccount, block, batch_rows: int) -> Iter
     """read_json's loop, in columns, over a block pyarrow parsed (see _plain_zeek_json)."""
     column = {name: block.table.column(name).combine_chunks() for name in block.table.column_names}
     if column["ts"].type == pa.string():
-        start = jsonlines.json_time_column(column["ts"]).cast(_batch.START_TYPE)
+        start = jsonlines.json_time_column(column["ts"])
     else:
         ts = column["ts"].to_numpy(zero_copy_only=False)  # null: NaN
         with np.errstate(invalid="ignore"):
             known = (ts >= jsonlines.FIRST_S) & (ts < jsonlines.END_S)  # as json_time: NaN and infinities are no time
         micros = np.where(known, np.rint(np.where(known, ts, 0) * 1e6), 0).astype(np.int64)
-        start = pa.array(micros, pa.int64(), mask=~known).cast(_batch.START_TYPE)
-    yield from _batch.flow_batches(
-        account, block.rows, column["id.orig_h"], column["id.resp_h"], jsonlines.port_texts(column["id.orig_p"]),
-        jsonlines.port_texts(column["id.resp_p"]), column["proto"].fill_null(""), start, batch_rows,
-    )
+        start = pa.array(micros, pa.int64(), mask=~known)
+    yield from jsonlines.native_flow_batches(account, block.rows, column["id.orig_h"], column["id.resp_h"], column["id.orig_p"],
+                                             column["id.resp_p"], column["proto"], start, batch_rows)
